@@ -1,0 +1,103 @@
+"""The exceptions `evasion` raises, in one tree.
+
+Every error a user can cause by handing `evasion` bad input is an :class:`EvasionError`, with a
+one-line message that names the problem (the argument, the shape, the value). The CLI turns them
+into a one-line message and exit code 2 (usage) or 1 (runtime), never a traceback.
+
+::
+
+    EvasionError
+    ├── InputError            bad tensors: rank, channels, dtype, range, NaN/inf, labels, targets
+    ├── ConfigError           bad configuration values: epsilon, norm, mask, step size, TOML keys
+    ├── UnknownNameError      unknown model, dataset, attack, layer, norm ... (lists the valid ones)
+    ├── ModelError            the model misbehaves: wrong output shape, training mode, not fitted
+    │   └── UnsafeFileError   a model file that is not a plain state dict / TorchScript archive
+    ├── DataError             a dataset file that is missing, malformed or fails its checksum
+    ├── StoreError            a run folder or database that is corrupt or incompatible
+    └── MissingDependencyError  an optional extra is not installed (says what to pip install)
+
+The classes also derive from the matching built-in (``ValueError``, ``LookupError``,
+``RuntimeError``, ``ImportError``) so that generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EvasionError",
+    "InputError",
+    "MissingDependencyError",
+    "ModelError",
+    "StoreError",
+    "UnknownNameError",
+    "UnsafeFileError",
+]
+
+
+class EvasionError(Exception):
+    """Base class of every error raised on purpose by `evasion`."""
+
+    #: exit code used by the CLI: 2 for usage errors, 1 for runtime failures.
+    exit_code: int = 2
+
+
+class InputError(EvasionError, ValueError):
+    """An input tensor (images, labels, targets) is not what the model or attack accepts."""
+
+
+class ConfigError(EvasionError, ValueError):
+    """A configuration value is invalid (negative epsilon, unknown key in a config file ...)."""
+
+
+class UnknownNameError(EvasionError, LookupError):
+    """A name (model, dataset, attack, layer, norm) is not known; the message lists valid names."""
+
+    def __init__(self, kind: str, name: object, valid: list[str] | tuple[str, ...] | None = None):
+        self.kind, self.name = kind, name
+        self.valid = sorted(valid) if valid is not None else None
+        msg = f"unknown {kind} {name!r}"
+        if self.valid is not None:
+            msg += f"; valid {kind}s: {', '.join(self.valid) if self.valid else '(none)'}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # LookupError would otherwise quote the whole message
+        return str(self.args[0])
+
+
+class ModelError(EvasionError, RuntimeError):
+    """The model does not behave as a classifier should (output shape, mode, not fitted ...)."""
+
+    exit_code = 1
+
+
+class UnsafeFileError(ModelError):
+    """A model file would need arbitrary unpickling; pass ``trust=True`` only for files you trust."""
+
+    exit_code = 2
+
+
+class DataError(EvasionError, RuntimeError):
+    """A data file is missing, malformed, or does not match its checksum."""
+
+    exit_code = 1
+
+
+class StoreError(EvasionError, RuntimeError):
+    """A run folder, database or shard is corrupt, incompatible or cannot be written."""
+
+    exit_code = 1
+
+
+class MissingDependencyError(EvasionError, ImportError):
+    """An optional dependency is missing; the message says which extra to install."""
+
+    exit_code = 1
+
+    def __init__(self, package: str, extra: str, purpose: str = ""):
+        self.package, self.extra = package, extra
+        what = f" (needed for {purpose})" if purpose else ""
+        super().__init__(
+            f"the optional package {package!r} is not installed{what}; "
+            f"install it with: pip install 'evasion[{extra}]'"
+        )

@@ -1,0 +1,174 @@
+"""`Classifier`: the one model type attacks, defences and evaluations talk to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_images, check_labels
+from ..errors import InputError, ModelError
+
+__all__ = ["REJECT", "Classifier", "Normalize", "as_classifier", "eval_mode"]
+
+#: the prediction of a classifier with a reject option for an input it refuses to classify
+REJECT = -1
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode and put back exactly the modes it had (no lasting change)."""
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel: the preprocessing lives inside the model."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise ModelError(f"std must be positive, got {list(std)}")
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class Classifier(nn.Module):
+    """Wrap any ``nn.Module`` that maps images to logits (or discriminant scores).
+
+    The wrapper owns what attacks must know: input ``bounds`` (attacks work in pixel space),
+    the ``preprocess`` step (normalisation happens inside), ``num_classes`` and ``class_names``.
+    It validates inputs (:meth:`check_inputs`), and runs the wrapped module in eval mode without
+    changing the module's own mode or device. It is an ``nn.Module`` returning logits, so it can
+    be handed to torchattacks, foolbox or ART unchanged.
+
+    Subclasses with a reject option override :meth:`decide` to return :data:`REJECT` (-1).
+    """
+
+    #: whether :meth:`decide` can return REJECT
+    rejects: bool = False
+
+    def __init__(
+        self,
+        module: nn.Module,
+        num_classes: int,
+        *,
+        input_shape: Sequence[int] | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        preprocess: nn.Module | None = None,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ModelError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ModelError(f"class_names has {len(class_names)} names for {num_classes} classes")
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not lo < hi:
+            raise ModelError(f"bounds must satisfy lower < upper, got {bounds}")
+        self.module = module
+        self.preprocess = preprocess if preprocess is not None else nn.Identity()
+        self.num_classes = num_classes
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        self.bounds = (lo, hi)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.name = name or type(module).__name__
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Class scores ``(N, num_classes)`` for pixel-space inputs ``x``."""
+        with eval_mode(self.module), eval_mode(self.preprocess):
+            out = self.module(self.preprocess(x))
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != self.num_classes:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ModelError(
+                f"model {self.name!r} returned {shape}, expected logits of shape (N, {self.num_classes})"
+            )
+        return out
+
+    def decide(self, scores: Tensor) -> Tensor:
+        """Predicted class per row of scores (``REJECT`` where a reject option refuses)."""
+        return scores.argmax(dim=1)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch_size: int = 1024) -> Tensor:
+        """Predicted labels (int64) for a batch, computed without gradients in chunks."""
+        x = self.check_inputs(x)
+        return torch.cat([self.decide(self(chunk)) for chunk in x.split(batch_size)])
+
+    @torch.no_grad()
+    def scores(self, x: Tensor, batch_size: int = 1024) -> Tensor:
+        """Class scores for a batch without gradients, in chunks."""
+        x = self.check_inputs(x)
+        return torch.cat([self(chunk) for chunk in x.split(batch_size)])
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for t in self.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def check_inputs(self, x: object) -> Tensor:
+        """Validate an image batch (type, rank, channels, finite, in bounds) and move it to the device."""
+        checked = check_images(x, input_shape=self.input_shape, bounds=self.bounds)
+        return checked.to(self.device)
+
+    def check_labels(self, y: object, n: int) -> Tensor:
+        return check_labels(y, n, self.num_classes).to(self.device)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, num_classes={self.num_classes}, bounds={self.bounds}"
+
+
+def as_classifier(model: nn.Module, x: Tensor | None = None) -> Classifier:
+    """Return ``model`` if it is a :class:`Classifier`, else wrap a plain module that returns logits.
+
+    A plain module must be in eval mode (a module in training mode would give batch-dependent,
+    random outputs); the number of classes is read from one forward pass on ``x[:1]``.
+    """
+    if isinstance(model, Classifier):
+        return model
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be an evasion Classifier or a torch.nn.Module, got {type(model).__name__}")
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise ModelError(
+            f"model is in training mode (module {training[0]!r}); call model.eval() first "
+            "or wrap it in evasion.models.Classifier, which runs it in eval mode"
+        )
+    if x is None or not isinstance(x, Tensor):
+        raise InputError("cannot infer the number of classes of a plain module without an input batch")
+    device = next((p.device for p in model.parameters()), x.device)
+    with torch.no_grad():
+        out = model(x[:1].to(device))
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ModelError(f"model returned {shape}, expected logits of shape (N, num_classes)")
+    return Classifier(model, int(out.shape[1]), input_shape=tuple(x.shape[1:]))
