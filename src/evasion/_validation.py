@@ -53,7 +53,8 @@ def check_images(
         if xmin < lo - _BOUND_TOLERANCE or xmax > hi + _BOUND_TOLERANCE:
             raise InputError(
                 f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the model's input bounds "
-                f"[{lo:g}, {hi:g}]" + (" (images in [0, 255]? divide by 255)" if xmax > 1.5 and hi <= 1 else "")
+                f"[{lo:g}, {hi:g}]"
+                + (" (images in [0, 255]? divide by 255)" if xmax > 1.5 and hi <= 1 else "")
             )
     return x
 

@@ -62,7 +62,9 @@ def project_box(x_adv: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     return torch.maximum(torch.minimum(x_adv, upper), lower)
 
 
-def project(x_adv: Tensor, x: Tensor, epsilon: float | Tensor, p: str, lower: Tensor, upper: Tensor) -> Tensor:
+def project(
+    x_adv: Tensor, x: Tensor, epsilon: float | Tensor, p: str, lower: Tensor, upper: Tensor
+) -> Tensor:
     """Closest point to ``x_adv`` in ``{x' : ||x' - x||_p <= epsilon, lower <= x' <= upper}``.
 
     Exact for every norm (L0: keeps the ``epsilon`` coordinates whose change buys the most).
@@ -71,7 +73,9 @@ def project(x_adv: Tensor, x: Tensor, epsilon: float | Tensor, p: str, lower: Te
         return project_box(x_adv, lower, upper)
     if p == "linf":
         eps = _per_sample(epsilon, x).reshape((-1,) + (1,) * (x.dim() - 1))
-        return torch.maximum(torch.minimum(x_adv, torch.minimum(upper, x + eps)), torch.maximum(lower, x - eps))
+        return torch.maximum(
+            torch.minimum(x_adv, torch.minimum(upper, x + eps)), torch.maximum(lower, x - eps)
+        )
     d = _flat(x_adv - x)
     # room to move in the direction of each coordinate's sign, >= 0 because x lies in the box
     cap = torch.where(d > 0, _flat(upper - x), _flat(x - lower)).clamp_min(0.0)
@@ -169,7 +173,7 @@ def direction(grad: Tensor, p: str, *, free: Tensor | None = None, l1_fraction: 
     if p == "l1":
         if not 0.0 < l1_fraction <= 1.0:
             raise ConfigError(f"l1_fraction must be in (0, 1], got {l1_fraction}")
-        k = max(1, int(round(l1_fraction * flat.shape[1])))
+        k = max(1, round(l1_fraction * flat.shape[1]))
         top = flat.abs().topk(k, dim=1)
         mask = torch.zeros_like(flat).scatter_(1, top.indices, 1.0) * (top.values[:, -1:] > 0)
         out = torch.sign(flat) * mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -65,7 +65,9 @@ class ThreatModel:
         eps = self.epsilon
         if isinstance(eps, Tensor):
             if eps.numel() != 1:
-                raise ConfigError(f"epsilon must be a single number, got a tensor of shape {tuple(eps.shape)}")
+                raise ConfigError(
+                    f"epsilon must be a single number, got a tensor of shape {tuple(eps.shape)}"
+                )
             eps = float(eps.item())
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise ConfigError(f"epsilon must be a number, got {type(eps).__name__}")
@@ -92,7 +94,9 @@ class ThreatModel:
             if mask.dtype != torch.bool:
                 raise ConfigError(f"mask must have dtype torch.bool, got {mask.dtype}")
             if mask.dim() < 2 or mask.dim() > 4:
-                raise ConfigError(f"mask must have shape (H, W), (C, H, W) or (N, C, H, W), got {tuple(mask.shape)}")
+                raise ConfigError(
+                    f"mask must have shape (H, W), (C, H, W) or (N, C, H, W), got {tuple(mask.shape)}"
+                )
             if not bool(mask.any()):
                 raise ConfigError("mask leaves no pixel free: the attacker could not change anything")
             object.__setattr__(self, "mask", mask.detach())
@@ -162,7 +166,7 @@ class ThreatModel:
         eps = "inf" if self.is_unbounded else f"{self.epsilon:g}"
         parts = [f"{self.norm} eps={eps}"]
         if self.mask is not None:
-            parts.append(f"mask {int(cast(Tensor, self.mask).sum())} px")
+            parts.append(f"mask {int(self.mask.sum())} px")
         if self.targeted:
             parts.append("targeted")
         return ", ".join(parts)

@@ -88,7 +88,9 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         self.bounds = (lo, hi)
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         self.name = name or type(module).__name__
 
     # -- forward ---------------------------------------------------------------------------
@@ -122,10 +124,10 @@ class Classifier(nn.Module):
     # -- facts -----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")
 
     @property
@@ -156,7 +158,9 @@ def as_classifier(model: nn.Module, x: Tensor | None = None) -> Classifier:
     if isinstance(model, Classifier):
         return model
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be an evasion Classifier or a torch.nn.Module, got {type(model).__name__}")
+        raise ModelError(
+            f"model must be an evasion Classifier or a torch.nn.Module, got {type(model).__name__}"
+        )
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
     if training:
         raise ModelError(

@@ -1,0 +1,153 @@
+"""APGD, auto-PGD with the CE or DLR loss (Croce & Hein, ICML 2020).
+
+A step-size-free PGD: it starts with a step of ``2 * epsilon``, adds momentum (0.75), and at
+checkpoints halves the step of every sample whose objective rose in fewer than 75% of the steps
+since the last checkpoint, or whose step and best objective did not change; such samples restart
+from their best point. It is the gradient loop with the :class:`APGDStep` rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .base import Problem, check_int, check_positive
+from .iterative import IterativeAttack
+from .loop import LoopSettings
+from .steps import StepContext, StepRule
+
+__all__ = ["APGD", "APGDStep", "checkpoints"]
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD revisits its step sizes: p0 = 0, p1 = 0.22, then shrinking gaps."""
+    marks = [0, 0.22]
+    while marks[-1] < 1:
+        marks.append(marks[-1] + max(marks[-1] - marks[-2] - 0.03, 0.06))
+    return sorted({math.ceil(p * steps) for p in marks[1:] if math.ceil(p * steps) < steps})
+
+
+@dataclass
+class APGDStep:
+    """The APGD update with per-sample step sizes, momentum, and checkpoint halving."""
+
+    momentum: float = 0.75
+    rho: float = 0.75
+    _s: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _marks: list[int] = field(default_factory=list, repr=False)
+
+    def start(self, ctx: StepContext) -> None:
+        p, n = ctx.problem, ctx.problem.n
+        eps = p.threat.epsilon
+        self._marks = checkpoints(ctx.steps)
+        self._s = {
+            "eta": torch.full((n,), 2.0 * eps, device=p.x.device, dtype=p.x.dtype),
+            "prev_x": p.x.clone(),
+            "prev_loss": torch.full((n,), -math.inf, device=p.x.device, dtype=p.x.dtype),
+            "best_loss": torch.full((n,), -math.inf, device=p.x.device, dtype=p.x.dtype),
+            "best_x": p.x.clone(),
+            "best_grad": torch.zeros_like(p.x),
+            "rises": torch.zeros(n, device=p.x.device),
+            "eta_at_mark": torch.full((n,), 2.0 * eps, device=p.x.device, dtype=p.x.dtype),
+            "best_at_mark": torch.full((n,), -math.inf, device=p.x.device, dtype=p.x.dtype),
+            "halved_at_mark": torch.zeros(n, dtype=torch.bool, device=p.x.device),
+        }
+
+    def step(
+        self,
+        ctx: StepContext,
+        x: Tensor,
+        grads: Sequence[Tensor],
+        weights: Sequence[float],
+        loss: Tensor,
+        idx: Tensor,
+        t: int,
+    ) -> Tensor:
+        s = self._s
+        g = sum(w * gk for w, gk in zip(weights, grads))
+        assert isinstance(g, Tensor)
+        s["rises"][idx] += (loss > s["prev_loss"][idx]).float() * (t > 0)
+        improved = loss > s["best_loss"][idx]
+        for key, value in (("best_loss", loss), ("best_x", x), ("best_grad", g)):
+            s[key][idx[improved]] = value[improved]
+        prev_x = s["prev_x"][idx]
+        if t in self._marks:
+            x, g, prev_x = self._checkpoint(ctx, x, g, prev_x, idx, t)
+        s["prev_loss"][idx] = loss
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        eta = s["eta"][idx].reshape(shape)
+        z = ctx.project(x + eta * ctx.direction(g, x, idx), idx)
+        a = 1.0 if t == 0 else self.momentum
+        nxt = ctx.project(x + a * (z - x) + (1 - a) * (x - prev_x), idx)
+        s["prev_x"][idx] = x
+        return nxt
+
+    def _checkpoint(
+        self, ctx: StepContext, x: Tensor, g: Tensor, prev_x: Tensor, idx: Tensor, t: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Halve the step of stalled samples and send them back to their best point."""
+        s = self._s
+        k = self._marks.index(t)
+        since = t - (self._marks[k - 1] if k > 0 else 0)
+        oscillating = s["rises"][idx] < self.rho * since
+        unchanged = (~s["halved_at_mark"][idx]) & (s["best_at_mark"][idx] >= s["best_loss"][idx])
+        halve = oscillating | unchanged
+        s["halved_at_mark"][idx] = halve
+        s["best_at_mark"][idx] = s["best_loss"][idx]
+        s["rises"][idx] = 0
+        s["eta"][idx[halve]] /= 2
+        if bool(halve.any()):
+            rows = idx[halve]
+            x, g, prev_x = x.clone(), g.clone(), prev_x.clone()
+            x[halve], g[halve], prev_x[halve] = s["best_x"][rows], s["best_grad"][rows], s["best_x"][rows]
+        return x, g, prev_x
+
+
+@dataclass(frozen=True)
+class APGD(IterativeAttack):
+    """Auto-PGD: PGD with momentum and a step size that adapts per sample (no step size to tune).
+
+    ``loss="ce"`` (APGD-CE) or ``"dlr"`` (APGD-DLR, scale-invariant; ``targeted`` uses the
+    targeted DLR). ``restarts`` re-runs from random starts on the samples still unbroken.
+    """
+
+    name: ClassVar[str] = "apgd"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    steps: int = 100
+    random_start: bool = True
+    restarts: int = 1
+    momentum: float = 0.75
+    rho: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.step_size is not None:
+            raise ConfigError(
+                "APGD adapts its own step size (2 * epsilon, halved at checkpoints); do not set step_size"
+            )
+        check_int("restarts", self.restarts, 1)
+        check_positive("momentum", self.momentum)
+        check_positive("rho", self.rho)
+        if self.momentum > 1 or self.rho > 1:
+            raise ConfigError(f"momentum and rho must be in (0, 1], got {self.momentum}, {self.rho}")
+
+    def make_rule(self) -> Callable[[], StepRule]:
+        return partial(APGDStep, self.momentum, self.rho)
+
+    def settings(self, problem: Problem) -> LoopSettings:
+        return LoopSettings(
+            steps=self.steps,
+            step_size=2.0 * problem.threat.epsilon,
+            random_start=self.random_start,
+            restarts=self.restarts,
+            early_stop=self.early_stop,
+            keep=self.keep,
+            trace=self.trace,
+        )

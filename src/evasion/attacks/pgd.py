@@ -1,0 +1,52 @@
+"""PGD, projected gradient descent with random start and restarts (Madry et al. 2018)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..errors import ConfigError
+from .base import Problem, check_int, check_positive
+from .iterative import IterativeAttack
+from .loop import LoopSettings
+
+__all__ = ["PGD"]
+
+
+@dataclass(frozen=True)
+class PGD(IterativeAttack):
+    """BIM started from a uniform random point of the epsilon-ball, optionally restarted.
+
+    Restarts run only on the samples that are not adversarial yet; each sample keeps its best
+    outcome over all restarts. Works in L∞, L2 and L1 (sparse steps over the top ``l1_fraction``
+    of coordinates, exact projection onto the L1 ball ∩ box).
+    """
+
+    name: ClassVar[str] = "pgd"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    steps: int = 40
+    random_start: bool = True
+    restarts: int = 1
+    l1_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("restarts", self.restarts, 1)
+        check_positive("l1_fraction", self.l1_fraction)
+        if self.l1_fraction > 1:
+            raise ConfigError(f"l1_fraction must be in (0, 1], got {self.l1_fraction}")
+        if self.restarts > 1 and not self.random_start:
+            raise ConfigError("restarts > 1 needs random_start=True (otherwise every restart is identical)")
+
+    def settings(self, problem: Problem) -> LoopSettings:
+        base = super().settings(problem)
+        return LoopSettings(
+            steps=base.steps,
+            step_size=base.step_size,
+            random_start=self.random_start,
+            restarts=self.restarts,
+            early_stop=base.early_stop,
+            keep=base.keep,
+            trace=base.trace,
+            l1_fraction=self.l1_fraction,
+        )

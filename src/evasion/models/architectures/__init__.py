@@ -1,0 +1,1 @@
+"""Network architectures written from scratch, with parameter names that match published checkpoints."""
