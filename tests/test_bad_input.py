@@ -132,7 +132,7 @@ def test_mask_of_wrong_shape(model, xy):
 def test_mask_that_frees_nothing_or_is_not_boolean():
     with pytest.raises(ConfigError, match="no pixel free"):
         ThreatModel("linf", 0.1, mask=torch.zeros(8, 8, dtype=torch.bool))
-    with pytest.raises(ConfigError, match="torch.bool"):
+    with pytest.raises(ConfigError, match=r"torch\.bool"):
         ThreatModel("linf", 0.1, mask=torch.ones(8, 8))
 
 

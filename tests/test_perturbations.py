@@ -68,7 +68,7 @@ def test_projection_matches_reference_solver(seed, p, reference):
 
 
 def test_linf_projection_is_clipping():
-    x, v, eps, lo, hi, mask = _problem(3)
+    x, v, eps, lo, hi, _ = _problem(3)
     out = project(v, x, eps, "linf", lo, hi)
     e = eps.reshape(-1, 1, 1, 1)
     expected = torch.minimum(torch.maximum(v, torch.maximum(lo, x - e)), torch.minimum(hi, x + e))

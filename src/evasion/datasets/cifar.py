@@ -9,7 +9,6 @@ latin-1, because protocol-2 pickles written by Python 3 store bytes with it.
 
 from __future__ import annotations
 
-import codecs
 import os
 import pickle
 from pathlib import Path
@@ -29,10 +28,14 @@ _I64 = npt.NDArray[np.int64]
 _CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list."""
+
+
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes; latin-1 only."""
-    if codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
     return text.encode("latin1")
 
 
@@ -65,7 +68,7 @@ class _BatchUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}") from None
+            raise _Refused(f"refusing to unpickle {module}.{name}") from None
 
 
 def _load_batch(path: Path) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def _load_batch(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             obj = _BatchUnpickler(fh, encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise DataError(
             f"{path}: {exc}; a CIFAR batch holds only dicts, lists, strings, ints and numpy arrays, "
             "so this file is not a CIFAR batch or has been tampered with"

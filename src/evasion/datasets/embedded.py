@@ -178,7 +178,7 @@ def _write_cache(path: Path, x: _U8, y: _I64, source_sha256: str) -> None:
             np.savez(fh, x=x, y=y, source_sha256=np.str_(source_sha256), content_sha256=np.str_(digest))
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        pass
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

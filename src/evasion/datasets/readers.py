@@ -181,8 +181,9 @@ def read_image_folder(
         ) from None
     layout = {s: root / s for s in ("train", "test") if (root / s).is_dir()} or {"all": root}
     if split != "all" and split not in layout:
-        hint = "it has no train/ or test/ sub-folder, so only split='all'" if "all" in layout else ""
-        raise ConfigError(f"image folder {root} has no {split}/ sub-folder{'; ' + hint if hint else ''}")
+        if "all" in layout:
+            raise ConfigError(f"image folder {root} has no train/ or test/ sub-folders; use split='all'")
+        raise _wrong_split(f"image folder {root}", split, ["all", *layout])
     classes = sorted({d.name for folder in layout.values() for d in _subdirs(folder)})
     if not classes:
         raise DataError(

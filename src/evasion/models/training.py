@@ -84,7 +84,9 @@ def train_classifier(
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, epochs + 1):
-            loss = _train_epoch(module, train, optimizer, schedule, generator, batch_size, augment_shift, perturb, dev)
+            loss = _train_epoch(
+                module, train, optimizer, schedule, generator, batch_size, augment_shift, perturb, dev
+            )
             if progress is not None:
                 progress(epoch, loss)
     return module.eval()
