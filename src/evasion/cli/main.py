@@ -1,0 +1,77 @@
+"""Entry point of the `evasion` command: sub-commands, one-line errors, exit codes.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error (bad option, config or input), 130 when
+interrupted. Errors are one line on stderr; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import EvasionError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evasion",
+        description="How safe is your image classifier against adversarial examples? "
+        "Attack it, defend it, measure it honestly.",
+    )
+    parser.add_argument("--version", action="version", version=f"evasion {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    from . import attack, listing
+
+    attack.add_parser(sub)
+    listing.add_parsers(sub)
+    for extra in _extra_commands():
+        extra(sub)
+    return parser
+
+
+def _extra_commands() -> list:  # type: ignore[type-arg]
+    """Sub-commands contributed by other modules (evaluate, runs, report, reproduce, train)."""
+    import importlib
+
+    found = []
+    for name in ("evaluate", "runs", "reproduce", "train"):
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue
+        found.append(module.add_parser)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except EvasionError as exc:
+        if args.debug:
+            raise
+        print(f"evasion: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("evasion: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: one line, and how to get the details
+        if args.debug:
+            raise
+        print(f"evasion: internal error: {type(exc).__name__}: {exc} (re-run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Rendering of records: PNG images, image grids, HTML reports, JSON summaries."""
