@@ -100,7 +100,9 @@ def _convert(cls: type[Attack], key: str, value: Any, kind: type) -> Any:
         if kind in (int, float):
             return kind(value)
     except ValueError:
-        raise ConfigError(f"{cls.__name__} parameter {key}={value!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(
+            f"{cls.__name__} parameter {key}={value!r} is not a valid {kind.__name__}"
+        ) from None
     return value
 
 

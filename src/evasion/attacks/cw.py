@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackResult, Problem, check_int, check_positive
-from .losses import margin
+from .losses import attacker_view, margin
 from .minimum_norm import finish_minimum_norm
 
 __all__ = ["CarliniWagnerL2"]
@@ -86,7 +86,7 @@ class CarliniWagnerL2(Attack):
             x_adv = lo + span * (torch.tanh(w) + 1) / 2
             scores = model(x_adv)
             dist = (x_adv - x0).flatten(1).square().sum(1)
-            gap = margin(scores, problem.y, problem.target)
+            gap = margin(attacker_view(model, scores, problem.y, problem.target), problem.y, problem.target)
             loss = dist + c * (self.confidence - gap).clamp_min(0)
             (g,) = torch.autograd.grad(loss.sum(), w)
             fwd += 1

@@ -24,7 +24,8 @@ class DeepFool(Attack):
     most likely other classes, moves to the closest of their boundaries (distance
     ``|f_k| / ||grad f_k||_q``, q the dual norm), and accumulates the step; the total is scaled by
     ``1 + overshoot`` so the point ends up just across. Samples stop as soon as they flip; all
-    class gradients of an iteration come from one vectorised backward pass. Untargeted only.
+    class gradients of an iteration come from one vectorised backward pass. Untargeted only; on
+    a classifier with a reject option it linearises the class scores and ignores the reject rule.
     """
 
     name: ClassVar[str] = "deepfool"
@@ -55,9 +56,10 @@ class DeepFool(Attack):
         x_adv = x0.clone()
         for it in range(self.steps + 1):
             xa = x_adv[active].detach().requires_grad_(True)
-            scores = model(xa)
+            full = model(xa)
             fwd[active] += 1
-            done = problem.success(model.decide(scores.detach()), active)
+            done = problem.success(model.decide(full.detach()), active)
+            scores = model.class_scores(full)  # DeepFool linearises the class scores only
             best[active[done]], found[active[done]] = xa.detach()[done], True
             keep = ~done
             if not bool(keep.any()) or it == self.steps:

@@ -23,6 +23,7 @@ __all__ = [
     "LossObjective",
     "Objective",
     "ObjectiveValue",
+    "attacker_view",
     "cross_entropy",
     "dlr",
     "get_loss",
@@ -71,6 +72,25 @@ def dlr(scores: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
+def attacker_view(model: Classifier, scores: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """Scores as an attacker of a reject-option classifier must see them (K columns).
+
+    Untargeted, a rejection is as bad as the true class, so the reject score is merged into the
+    true class (``z_y <- logsumexp(z_y, z_reject)``): every loss then pushes away from both.
+    Targeted, the reject column is one more competitor of the target and stays as it is.
+    Classifiers without a reject option are returned unchanged.
+    """
+    if not model.rejects:
+        return scores
+    if target is not None:
+        return scores
+    k = model.num_classes
+    cls, rej = scores[:, :k], scores[:, k]
+    z_y = cls.gather(1, y[:, None])[:, 0]
+    merged = torch.logaddexp(z_y, rej)
+    return cls.scatter(1, y[:, None], merged[:, None])
+
+
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
@@ -114,4 +134,4 @@ class LossObjective:
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> ObjectiveValue:
         scores = model(x)
-        return ObjectiveValue(scores, (self.loss(scores, y, target),))
+        return ObjectiveValue(scores, (self.loss(attacker_view(model, scores, y, target), y, target),))

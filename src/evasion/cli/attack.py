@@ -30,7 +30,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", default="mnist-cnn", help="zoo name or model file (see `evasion zoo list`)")
     p.add_argument("--architecture", help="for model files: 'package.module:factory' that builds the module")
     p.add_argument("--input-shape", help="for model files: C,H,W")
-    p.add_argument("--trust", action="store_true", help="allow loading a pickled model file (runs code from it!)")
+    p.add_argument(
+        "--trust", action="store_true", help="allow loading a pickled model file (runs code from it!)"
+    )
     p.add_argument("--data", default="mnist5k", help="dataset name or path (see `evasion datasets list`)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
     p.add_argument("--image", type=Path, help="attack this single image file instead of a dataset")
@@ -38,9 +40,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-n", "--num-samples", type=int, help="attack only the first N samples")
     p.add_argument("--attack", default="pgd", help=f"attack name: {', '.join(sorted(attacks.REGISTRY))}")
     p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
-    p.add_argument("--epsilon", "--eps", type=float, help="budget (default: 0.1 linf, 1.5 l2, 10 l1; inf for minimum-norm)")
+    p.add_argument(
+        "--epsilon",
+        "--eps",
+        type=float,
+        help="budget (default: 0.1 linf, 1.5 l2, 10 l1; inf for minimum-norm)",
+    )
     p.add_argument("--target", type=int, help="targeted attack towards this class")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="attack parameter, repeatable (e.g. steps=100)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attack parameter, repeatable (e.g. steps=100)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -87,14 +100,20 @@ def _inputs(args: argparse.Namespace, model: models.Classifier) -> tuple[torch.T
             raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
         data = data.head(args.num_samples)
     if model.input_shape is not None and data.input_shape != model.input_shape:
-        raise InputError(f"dataset {args.data!r} has images {data.input_shape}, model {args.model!r} expects {model.input_shape}")
+        raise InputError(
+            f"dataset {args.data!r} has images {data.input_shape}, model {args.model!r} expects {model.input_shape}"
+        )
     return data.x, data.y, f"{args.data}:{args.split}"
 
 
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     attack = attacks.make(args.attack, **_params(args.param))
-    eps = args.epsilon if args.epsilon is not None else (float("inf") if attack.minimum_norm else DEFAULT_EPSILON[args.norm])
+    eps = (
+        args.epsilon
+        if args.epsilon is not None
+        else (float("inf") if attack.minimum_norm else DEFAULT_EPSILON[args.norm])
+    )
     threat = ThreatModel(args.norm, eps, targeted=args.target is not None)
     model = _load_model(args, device)
     x, y, source = _inputs(args, model)
@@ -115,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     success = torch.cat([r.success for r in results])
     preds = torch.cat([r.predictions for r in results])
     norms = torch.cat([r.norms for r in results])
-    summary = _summary(args, model, attack, threat, source, y, clean, preds, success, norms, results, seconds, device)
+    summary = _summary(
+        args, model, attack, threat, source, y, clean, preds, success, norms, results, seconds, device
+    )
     _save(args.out, x, adv, y, preds, success, norms, model, args.save_images)
     write_json(args.out / "summary.json", summary)
     _print(summary, args.out)
@@ -144,7 +165,12 @@ def _summary(
         "data": source,
         "samples": len(y),
         "attack": attack.describe(),
-        "threat": {"norm": threat.norm, "epsilon": threat.epsilon, "targeted": threat.targeted, "target": args.target},
+        "threat": {
+            "norm": threat.norm,
+            "epsilon": threat.epsilon,
+            "targeted": threat.targeted,
+            "target": args.target,
+        },
         "clean_accuracy": float(correct.float().mean()),
         "robust_accuracy": float((preds == y).float().mean()),
         "attack_success_rate": float(success.float().mean()),
@@ -173,7 +199,12 @@ def _save(
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        out / "adversarial.npz", x=adv.numpy(), y=y.numpy(), predictions=preds.numpy(), success=success.numpy(), norms=norms.numpy()
+        out / "adversarial.npz",
+        x=adv.numpy(),
+        y=y.numpy(),
+        predictions=preds.numpy(),
+        success=success.numpy(),
+        norms=norms.numpy(),
     )
     images = out / "images"
     images.mkdir(exist_ok=True)

@@ -114,7 +114,14 @@ def progress(quiet: bool) -> Iterator[ProgressBar]:
         yield _LogProgress()
         return
     try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
     except ImportError:  # pragma: no cover - rich is a core dependency
         yield _LogProgress()
         return

@@ -22,7 +22,10 @@ def add_parsers(sub: Any) -> None:
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows])
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+        + [fmt.format(*map(str, r)) for r in rows]
+    )
 
 
 def _zoo_list(args: argparse.Namespace) -> int:
@@ -42,6 +45,8 @@ def _datasets_list(args: argparse.Namespace) -> int:
     rows = []
     for d in list_datasets():
         size = ", ".join(f"{k} {v}" for k, v in dict(d.size).items())
-        rows.append([d.name, "x".join(map(str, d.input_shape)), str(d.num_classes), size, d.source, d.description])
+        rows.append(
+            [d.name, "x".join(map(str, d.input_shape)), str(d.num_classes), size, d.source, d.description]
+        )
     print(_table(["name", "input", "classes", "samples", "source", "description"], rows))
     return 0

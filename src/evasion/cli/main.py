@@ -69,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an internal error: one line, and how to get the details
         if args.debug:
             raise
-        print(f"evasion: internal error: {type(exc).__name__}: {exc} (re-run with --debug for details)", file=sys.stderr)
+        print(
+            f"evasion: internal error: {type(exc).__name__}: {exc} (re-run with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

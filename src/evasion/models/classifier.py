@@ -56,10 +56,15 @@ class Classifier(nn.Module):
     changing the module's own mode or device. It is an ``nn.Module`` returning logits, so it can
     be handed to torchattacks, foolbox or ART unchanged.
 
-    Subclasses with a reject option override :meth:`decide` to return :data:`REJECT` (-1).
+    **Reject option.** A subclass with ``rejects = True`` returns ``num_classes + 1`` scores: the
+    class scores followed by a *reject score*; :meth:`decide` returns :data:`REJECT` (-1) where the
+    reject score is the largest. Any reject rule fits this form (the SVM-adv rule "reject if
+    max_k f_k <= theta" is a constant reject score theta; a detector's "reject if p_adv > t" is
+    ``max_k z_k + logit(p_adv) - logit(t)``), it stays differentiable, and attacks see it: an input
+    that ends up rejected is not an evasion, so adaptive attacks push away from the reject score.
     """
 
-    #: whether :meth:`decide` can return REJECT
+    #: whether the last score column is a reject score and :meth:`decide` can return REJECT
     rejects: bool = False
 
     def __init__(
@@ -98,16 +103,32 @@ class Classifier(nn.Module):
         """Class scores ``(N, num_classes)`` for pixel-space inputs ``x``."""
         with eval_mode(self.module), eval_mode(self.preprocess):
             out = self.module(self.preprocess(x))
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != self.num_classes:
+        return self.check_scores(out)
+
+    @property
+    def num_scores(self) -> int:
+        """Columns of the output: ``num_classes``, plus one reject score for a reject option."""
+        return self.num_classes + int(self.rejects)
+
+    def check_scores(self, out: object) -> Tensor:
+        """Check that a module's output is ``(N, num_scores)``; a clear ModelError otherwise."""
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != self.num_scores:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ModelError(
-                f"model {self.name!r} returned {shape}, expected logits of shape (N, {self.num_classes})"
+                f"model {self.name!r} returned {shape}, expected logits of shape (N, {self.num_scores})"
             )
         return out
 
     def decide(self, scores: Tensor) -> Tensor:
-        """Predicted class per row of scores (``REJECT`` where a reject option refuses)."""
-        return scores.argmax(dim=1)
+        """Predicted class per row of scores (``REJECT`` where the reject score is the largest)."""
+        pred = scores.argmax(dim=1)
+        if self.rejects:
+            pred = torch.where(pred == self.num_classes, torch.full_like(pred, REJECT), pred)
+        return pred
+
+    def class_scores(self, scores: Tensor) -> Tensor:
+        """The class columns of ``scores`` (drops the reject score, if any)."""
+        return scores[:, : self.num_classes]
 
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 1024) -> Tensor:

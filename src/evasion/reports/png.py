@@ -8,7 +8,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-
 from torch import Tensor
 
 __all__ = ["encode_png", "to_uint8", "write_png"]
