@@ -178,3 +178,13 @@ def test_classifier_is_a_plain_logits_module(tiny_cnn, batch):
     assert isinstance(tiny_cnn, torch.nn.Module)
     assert tiny_cnn(x).shape == (x.shape[0], 10)
     assert isinstance(tiny_cnn, Classifier)
+
+
+def test_warm_start_is_projected_and_used(tiny_cnn, batch):
+    x, y = batch
+    threat = ThreatModel("linf", 0.05)
+    far = (x + 0.5).clamp(0, 1)  # outside the ball: must be projected back
+    r = attacks.BIM(steps=1, step_size=1e-9, early_stop=False, keep="last")(tiny_cnn, x, y, threat=threat, init=far)
+    expected = torch.minimum(far, x + 0.05).clamp(0, 1)
+    assert torch.allclose(r.adversarial, expected, atol=1e-6)
+    assert bool((norm(r.adversarial - x, "linf") <= 0.05 + 1e-6).all())

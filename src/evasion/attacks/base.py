@@ -110,6 +110,8 @@ class Problem:
     lower: Tensor
     upper: Tensor
     generator: torch.Generator
+    #: optional warm start (e.g. the adversarial points found at a smaller epsilon)
+    init: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -146,6 +148,7 @@ class Problem:
             self.lower[idx],
             self.upper[idx],
             self.generator,
+            None if self.init is None else self.init[idx],
         )
 
 
@@ -173,8 +176,22 @@ class Attack(ABC):
         threat: ThreatModel,
         target: Tensor | int | None = None,
         generator: torch.Generator | None = None,
+        init: Tensor | None = None,
     ) -> AttackResult:
+        """Attack ``x`` (labels ``y``) under ``threat``.
+
+        ``target``: one class per input (or one int) for a targeted threat. ``generator``: the
+        source of randomness (default: a fresh generator seeded 0). ``init``: optional warm
+        start, projected onto the threat's ball; iterative attacks start their first run there,
+        minimum-norm attacks ignore it.
+        """
         problem = self.prepare(model, x, y, threat=threat, target=target, generator=generator)
+        if init is not None:
+            if not isinstance(init, Tensor) or init.shape != problem.x.shape:
+                raise InputError(f"init must be a tensor shaped like x {tuple(problem.x.shape)}")
+            if not bool(torch.isfinite(init).all()):
+                raise InputError("init contains NaN or infinite values")
+            problem.init = init.detach().to(problem.x.device, problem.x.dtype)
         if problem.threat.epsilon == 0 and not self.minimum_norm:
             return self.unchanged(problem)
         with torch.enable_grad():

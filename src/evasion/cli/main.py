@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import EvasionError
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extra_commands() -> list:  # type: ignore[type-arg]
+def _extra_commands() -> list[Callable[[Any], None]]:
     """Sub-commands contributed by other modules (evaluate, runs, report, reproduce, train)."""
     import importlib
 
