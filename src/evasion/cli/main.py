@@ -42,7 +42,7 @@ def _extra_commands() -> list[Callable[[Any], None]]:
     import importlib
 
     found = []
-    for name in ("evaluate", "runs", "reproduce", "train"):
+    for name in ("evaluate", "runs", "report", "reproduce", "train"):
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:

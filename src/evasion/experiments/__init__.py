@@ -1,0 +1,1 @@
+"""Reproductions of the reference papers (`evasion reproduce NAME`)."""
