@@ -1,0 +1,1 @@
+"""Defences: classification with a reject option, detector subnetworks, adversarial training."""
