@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up .venv with the development extras and run every gate: ruff, mypy, the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+. .venv/bin/activate
+ruff check src tests benchmarks
+ruff format --check src tests benchmarks
+mypy
+python -m pytest -q "$@"
