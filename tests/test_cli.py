@@ -71,7 +71,7 @@ def test_attack_writes_images_and_summary(tmp_path: Path, capsys):
         "target": None,
     }
     assert 0.0 <= summary["robust_accuracy"] <= summary["clean_accuracy"] <= 1.0
-    assert summary["forwards"] > 0 and "PGD(steps=5)" == summary["attack"]
+    assert summary["forwards"] > 0 and summary["attack"] == "PGD(steps=5)"
     arrays = np.load(out / "adversarial.npz")
     assert arrays["x"].shape == (40, 1, 8, 8) and np.abs(arrays["norms"]).max() <= 0.2 + 1e-6
     assert len(list((out / "images").glob("*_adversarial.png"))) == 3
