@@ -23,6 +23,8 @@ FAST: dict[str, attacks.Attack] = {
     "apgd": attacks.APGD(steps=10),
     "deepfool": attacks.DeepFool(steps=10),
     "cw-l2": attacks.CarliniWagnerL2(steps=10, binary_search_steps=2, initial_const=1.0),
+    "max-confidence": attacks.MaxConfidence(steps=10),
+    "dynamic": attacks.DynamicAdversary(steps=5),
 }
 EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0}
 CASES = [(name, p) for name in sorted(FAST) for p in FAST[name].norms]
@@ -184,7 +186,9 @@ def test_warm_start_is_projected_and_used(tiny_cnn, batch):
     x, y = batch
     threat = ThreatModel("linf", 0.05)
     far = (x + 0.5).clamp(0, 1)  # outside the ball: must be projected back
-    r = attacks.BIM(steps=1, step_size=1e-9, early_stop=False, keep="last")(tiny_cnn, x, y, threat=threat, init=far)
+    r = attacks.BIM(steps=1, step_size=1e-9, early_stop=False, keep="last")(
+        tiny_cnn, x, y, threat=threat, init=far
+    )
     expected = torch.minimum(far, x + 0.05).clamp(0, 1)
     assert torch.allclose(r.adversarial, expected, atol=1e-6)
     assert bool((norm(r.adversarial - x, "linf") <= 0.05 + 1e-6).all())

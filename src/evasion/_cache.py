@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import platformdirs
 
-__all__ = ["CACHE_ENV", "atomic_write", "atomic_write_bytes", "atomic_write_text", "cache_dir", "sha256_file"]
+__all__ = [
+    "CACHE_ENV",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "cache_dir",
+    "file_lock",
+    "sha256_file",
+]
 
 #: environment variable that overrides the cache folder
 CACHE_ENV = "EVASION_CACHE"
@@ -65,3 +75,38 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) while the block runs.
+
+    Lets concurrent processes (pytest-xdist workers, parallel jobs) wait for one of them to fill
+    a cache entry instead of all computing it at once.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a+b") as f:
+        if sys.platform == "win32":
+            import msvcrt
+
+            while True:  # LK_LOCK gives up after ~10 s: keep trying
+                try:
+                    f.seek(0)
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)

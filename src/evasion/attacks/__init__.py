@@ -17,10 +17,12 @@ from .base import Attack, AttackResult, Problem
 from .bim import BIM
 from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
+from .dynamic import DynamicAdversary
 from .fgsm import FGSM
 from .iterative import IterativeAttack
 from .loop import LoopSettings, run_loop
 from .losses import LOSSES, LossObjective, Objective, ObjectiveValue
+from .max_confidence import MaxConfidence
 from .mifgsm import MIFGSM
 from .pgd import PGD
 
@@ -36,9 +38,11 @@ __all__ = [
     "AttackResult",
     "CarliniWagnerL2",
     "DeepFool",
+    "DynamicAdversary",
     "IterativeAttack",
     "LoopSettings",
     "LossObjective",
+    "MaxConfidence",
     "Objective",
     "ObjectiveValue",
     "Problem",
@@ -127,3 +131,5 @@ def make(name: str, **params: Any) -> Attack:
 
 for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, DeepFool, CarliniWagnerL2):
     register(_cls)
+register(MaxConfidence)
+register(DynamicAdversary)

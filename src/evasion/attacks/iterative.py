@@ -79,7 +79,9 @@ class IterativeAttack(Attack):
 
     # -- run ---------------------------------------------------------------------------------
     def _run(self, problem: Problem) -> AttackResult:
-        out = run_loop(problem, self.objective(problem), self.make_rule(), self.settings(problem), problem.init)
+        out = run_loop(
+            problem, self.objective(problem), self.make_rule(), self.settings(problem), problem.init
+        )
         return self.to_result(problem, out)
 
     def to_result(self, problem: Problem, out: LoopOutput) -> AttackResult:

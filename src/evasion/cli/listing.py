@@ -14,9 +14,14 @@ def add_parsers(sub: Any) -> None:
     zoo_sub.required = True
     zoo_sub.add_parser("list", help="list registered models").set_defaults(func=_zoo_list)
     data = sub.add_parser("datasets", help="embedded datasets", description="Datasets available offline.")
-    data_sub = data.add_subparsers(dest="datasets_command", metavar="{list}")
+    data_sub = data.add_subparsers(dest="datasets_command", metavar="{list,build}")
     data_sub.required = True
     data_sub.add_parser("list", help="list registered datasets").set_defaults(func=_datasets_list)
+    build = data_sub.add_parser("build", help="render a generated dataset into the cache (icub-sim)")
+    build.add_argument("name", help="dataset to build: icub-sim or icub-sim-fine (--quick: icub-sim-quick)")
+    build.add_argument("--quick", action="store_true", help="build the CI-sized variant instead")
+    build.add_argument("--force", action="store_true", help="render again even if a valid cache exists")
+    build.set_defaults(func=_datasets_build)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -49,4 +54,16 @@ def _datasets_list(args: argparse.Namespace) -> int:
             [d.name, "x".join(map(str, d.input_shape)), str(d.num_classes), size, d.source, d.description]
         )
     print(_table(["name", "input", "classes", "samples", "source", "description"], rows))
+    return 0
+
+
+def _datasets_build(args: argparse.Namespace) -> int:
+    from ..datasets import icub_sim
+
+    name = "icub-sim-quick" if args.quick and args.name == "icub-sim" else args.name
+    path, facts = icub_sim.build(name, force=args.force)
+    size = facts.get("bytes", path.stat().st_size) / 1e6
+    per_view = facts.get("seconds_per_view")
+    timing = f", {per_view * 1000:.0f} ms per view" if isinstance(per_view, (int, float)) else ""
+    print(f"{name}: {path} ({size:.1f} MB, sha256 {facts['sha256'][:16]}...{timing})")
     return 0

@@ -7,6 +7,7 @@ source offers the splits "train", "test" and "all". The readers can also be call
 
 from __future__ import annotations
 
+from . import icub_sim as icub_sim  # registers icub-sim*; pybullet is imported only to render
 from .base import Dataset
 from .cifar import read_cifar
 from .embedded import MNIST5K_SHA256, cache_dir, load_digits, load_mnist5k, stratified_split

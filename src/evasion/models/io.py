@@ -82,13 +82,29 @@ def _unsafe_message(path: Path, exc: Exception) -> str:
     )
 
 
+def _is_pickle(path: Path) -> bool:
+    """A torch.save zip archive or a binary pickle (PROTO opcode), as opposed to arbitrary bytes."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80" or zipfile.is_zipfile(path)
+
+
+def _cause(exc: Exception) -> str:
+    """The informative part of a torch.load error (after torch's long preamble), shortened."""
+    text = str(exc)
+    found = text.find("WeightsUnpickler error:")
+    text = text[found + len("WeightsUnpickler error:") :] if found >= 0 else text
+    return f"{type(exc).__name__}: {' '.join(text.split())[:200]}"
+
+
 def _read(path: Path, trust: bool) -> object:
     """``torch.load`` with ``weights_only=True``; falls back to full unpickling only if trusted."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise ModelError(f"cannot read {path} as a PyTorch file: {str(exc)[:200]}") from None
+        if "weights only load failed" not in str(exc).lower() or not _is_pickle(path):
+            raise ModelError(f"cannot read {path} as a PyTorch file ({_cause(exc)})") from None
         if not trust:
             raise UnsafeFileError(_unsafe_message(path, exc)) from None
     except Exception as exc:
@@ -98,7 +114,7 @@ def _read(path: Path, trust: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ModelError(f"cannot unpickle {path} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise ModelError(f"cannot unpickle {path} ({_cause(exc)})") from exc
 
 
 def _as_state_dict(obj: object) -> dict[str, Tensor] | None:
@@ -199,7 +215,11 @@ def _read_module(
             f"{path} is a state dict: pass architecture='package.module:callable' (a function that builds "
             "the untrained module), a zoo architecture name, or a callable"
         )
-    module = resolve_architecture(architecture)()
+    build = resolve_architecture(architecture)
+    try:
+        module = build()
+    except Exception as exc:
+        raise ModelError(f"architecture {architecture!r} failed to build a module ({_cause(exc)})") from exc
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"architecture {architecture!r} returned {type(module).__name__}, not a torch.nn.Module"

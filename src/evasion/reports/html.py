@@ -37,6 +37,7 @@ figure{margin:10px 0;display:inline-block;vertical-align:top}figcaption{font-siz
 .flag.ok{background:#e8f6ec}.flag.warn{background:#fff4dc}.flag.bad{background:#fde8e8}
 pre{background:#f0f2f7;padding:8px;border-radius:6px;font-size:12px;overflow:auto}
 .note{color:#566;font-size:13px}
+nav{font-size:13px;margin:10px 0 0}nav a{margin-right:14px;color:#c8cede}
 """
 
 
@@ -68,6 +69,12 @@ class Page:
     subtitle: str = ""
     _parts: list[str] = field(default_factory=list)
     _open: bool = False
+    _links: list[tuple[str, str]] = field(default_factory=list)
+
+    def nav(self, links: Sequence[tuple[str, str]]) -> Page:
+        """Links to sections (``(anchor, text)``), shown in the header."""
+        self._links.extend((str(a), str(t)) for a, t in links)
+        return self
 
     def section(self, title: str, anchor: str | None = None) -> Page:
         self._close()
@@ -160,6 +167,12 @@ class Page:
     def render(self) -> str:
         self._close()
         sub = f"<p>{escape(self.subtitle)}</p>" if self.subtitle else ""
+        if self._links:
+            sub += (
+                "<nav>"
+                + "".join(f'<a href="#{escape(a)}">{escape(t)}</a>' for a, t in self._links)
+                + "</nav>"
+            )
         return (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

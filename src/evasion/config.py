@@ -1,0 +1,335 @@
+"""Evaluation configs: TOML files validated into dataclasses, and turned into evaluate() inputs.
+
+Every key is checked: an unknown key or a bad value is a :class:`ConfigError` that names the
+key (``attacks[2].params.stpes``) and the value. The embedded default (``evasion evaluate`` with no
+config) lives in ``evasion/configs/default.toml``. :meth:`Config.to_toml` writes the resolved
+config (defaults filled in, every attack with its name and epsilons) saved with each run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import attacks
+from .attacks.base import Attack
+from .errors import ConfigError, MissingDependencyError
+from .evaluation.spec import default_name
+from .threat_model import NORMS, ThreatModel
+
+__all__ = [
+    "AttackConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "default_config_text",
+    "load_config",
+    "parse_config",
+]
+
+
+def _toml() -> Any:
+    import importlib
+
+    for name in ("tomllib", "tomli"):  # tomli: Python 3.10
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    raise MissingDependencyError("tomli", "dev", "reading TOML configs on Python 3.10")
+
+
+# -- value checks --------------------------------------------------------------------------------
+def _type(where: str, value: Any, kinds: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise ConfigError(f"{where} must be {what}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{where} must be {what}, got {value!r}")
+    return value
+
+
+def _int(where: str, value: Any, minimum: int) -> int:
+    _type(where, value, int, "an integer")
+    if value < minimum:
+        raise ConfigError(f"{where} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _name(where: str, value: Any) -> str:
+    _type(where, value, str, "a string")
+    if not value.strip() or "|" in value:
+        raise ConfigError(f"{where} must be a non-empty name without '|', got {value!r}")
+    return str(value)
+
+
+def _epsilons(where: str, value: Any) -> tuple[float, ...]:
+    _type(where, value, list, "a list of numbers")
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}[{i}] must be a number, got {v!r}")
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{where}[{i}] must be finite and >= 0, got {v!r}")
+        out.append(float(v))
+    if not out:
+        raise ConfigError(f"{where} is empty; give at least one epsilon")
+    return tuple(sorted(set(out)))
+
+
+def _table(where: str, value: Any, allowed: list[str]) -> dict[str, Any]:
+    _type(where, value, dict, "a table")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} in the config; valid keys: {', '.join(allowed)}")
+    return dict(value)
+
+
+def _norm(where: str, value: Any) -> str:
+    _type(where, value, str, "a norm name")
+    try:
+        return ThreatModel(value, 0.0).norm
+    except Exception:
+        raise ConfigError(f"{where} must be one of {', '.join(NORMS)}, got {value!r}") from None
+
+
+# -- sections ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "evaluation"
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> RunConfig:
+        t = _table("run", d, [f.name for f in fields(cls)])
+        return cls(
+            name=_name("run.name", t.get("name", cls.name)),
+            seed=_int("run.seed", t.get("seed", cls.seed), 0),
+            batch_size=_int("run.batch_size", t.get("batch_size", cls.batch_size), 1),
+            device=_type("run.device", t.get("device", cls.device), str, "a device name"),
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The inputs: a dataset split, optionally shuffled (fixed seed) before taking ``samples``."""
+
+    name: str = "mnist5k"
+    split: str = "test"
+    samples: int = 0
+    shuffle: bool = False
+    shuffle_seed: int = 0
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> DataConfig:
+        t = _table("data", d, [f.name for f in fields(cls)])
+        split = _type("data.split", t.get("split", cls.split), str, "a split name")
+        if split not in ("train", "test", "all"):
+            raise ConfigError(f"data.split must be train, test or all, got {split!r}")
+        return cls(
+            name=_type("data.name", t.get("name", cls.name), str, "a dataset name or path"),
+            split=split,
+            samples=_int("data.samples", t.get("samples", cls.samples), 0),
+            shuffle=_type("data.shuffle", t.get("shuffle", cls.shuffle), bool, "true or false"),
+            shuffle_seed=_int("data.shuffle_seed", t.get("shuffle_seed", cls.shuffle_seed), 0),
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model to evaluate: a zoo name or file, optionally wrapped in a defence."""
+
+    name: str
+    model: str = ""
+    architecture: str = ""
+    input_shape: tuple[int, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    defense: str = ""
+    defense_params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, d: dict[str, Any], where: str) -> ModelConfig:
+        t = _table(where, d, [f.name for f in fields(cls)])
+        if "name" not in t:
+            raise ConfigError(f"{where}.name is missing (a label; also the zoo name unless `model` is given)")
+        shape = t.get("input_shape", [])
+        _type(f"{where}.input_shape", shape, list, "a list of integers")
+        return cls(
+            name=_name(f"{where}.name", t["name"]),
+            model=_type(f"{where}.model", t.get("model", t["name"]), str, "a zoo name or a file"),
+            architecture=_type(f"{where}.architecture", t.get("architecture", ""), str, "'module:factory'"),
+            input_shape=tuple(_int(f"{where}.input_shape[{i}]", v, 1) for i, v in enumerate(shape)),
+            options=_type(f"{where}.options", t.get("options", {}), dict, "a table"),
+            defense=_type(f"{where}.defense", t.get("defense", ""), str, "a defence name"),
+            defense_params=_type(f"{where}.defense_params", t.get("defense_params", {}), dict, "a table"),
+        )
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack over an epsilon grid (``epsilons`` defaults to the grid of its norm)."""
+
+    attack: str
+    norm: str
+    name: str = ""
+    epsilons: tuple[float, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    target: int | str | None = None
+    patch: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, d: dict[str, Any], where: str, grids: Mapping[str, tuple[float, ...]]) -> AttackConfig:
+        """Validate one ``[[attacks]]`` table (the attack is built once to check its parameters)."""
+        t = _table(where, d, [f.name for f in fields(cls)])
+        for key in ("attack", "norm"):
+            if key not in t:
+                raise ConfigError(f"{where}.{key} is missing")
+        attack = _type(f"{where}.attack", t["attack"], str, "an attack name")
+        norm = _norm(f"{where}.norm", t["norm"])
+        if "epsilons" in t:
+            eps = _epsilons(f"{where}.epsilons", t["epsilons"])
+        elif norm in grids:
+            eps = grids[norm]
+        else:
+            raise ConfigError(f"{where} has no epsilons and [epsilons] has no {norm} grid")
+        target = t.get("target")
+        if target is not None and not (
+            (isinstance(target, int) and not isinstance(target, bool) and target >= 0) or target == "next"
+        ):
+            raise ConfigError(f'{where}.target must be a class index >= 0 or "next", got {target!r}')
+        patch = t.get("patch", [])
+        _type(f"{where}.patch", patch, list, "[top, left, height, width]")
+        if patch and len(patch) != 4:
+            raise ConfigError(f"{where}.patch must be [top, left, height, width], got {patch!r}")
+        params = _type(f"{where}.params", t.get("params", {}), dict, "a table")
+        built = _build_attack(where, attack, params)
+        if norm not in built.norms:
+            raise ConfigError(
+                f"{where}: {attack} does not support the {norm} norm; supported: {', '.join(built.norms)}"
+            )
+        return cls(
+            attack=attack,
+            norm=norm,
+            name=_name(f"{where}.name", t["name"]) if "name" in t else default_name(built, norm),
+            epsilons=eps,
+            params=params,
+            target=target,
+            patch=tuple(_int(f"{where}.patch[{i}]", v, 0) for i, v in enumerate(patch)),
+        )
+
+
+def _build_attack(where: str, name: str, params: dict[str, Any]) -> Attack:
+    try:
+        return attacks.make(name, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated evaluation config."""
+
+    run: RunConfig
+    data: DataConfig
+    models: tuple[ModelConfig, ...]
+    attacks: tuple[AttackConfig, ...]
+    epsilons: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    source: str = "<default>"
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (defaults filled in; loads back to an equal config)."""
+        lines = [f"# resolved from {self.source}", "", "[run]"]
+        lines += [f"{f.name} = {_value(getattr(self.run, f.name))}" for f in fields(self.run)]
+        lines += ["", "[data]"]
+        lines += [f"{f.name} = {_value(getattr(self.data, f.name))}" for f in fields(self.data)]
+        if self.epsilons:
+            lines += ["", "[epsilons]"] + [f"{k} = {_value(list(v))}" for k, v in self.epsilons.items()]
+        for section, items in (("models", self.models), ("attacks", self.attacks)):
+            for item in items:
+                lines += ["", f"[[{section}]]"]
+                for f in fields(item):
+                    value = getattr(item, f.name)
+                    if value in ("", (), {}, None):
+                        continue
+                    lines.append(f"{f.name} = {_value(list(value) if isinstance(value, tuple) else value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _value(v: Any) -> str:
+    """A TOML value (strings escaped as JSON strings, which TOML accepts)."""
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_value(x)}" for k, x in v.items()) + " }"
+    raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+_SECTIONS = ["run", "data", "models", "attacks", "epsilons"]
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document into a :class:`Config`."""
+    top = _table("", dict(raw), _SECTIONS)
+    grids_raw = _type("epsilons", top.get("epsilons", {}), dict, "a table norm = [numbers]")
+    grids = {_norm(f"epsilons.{k}", k): _epsilons(f"epsilons.{k}", v) for k, v in grids_raw.items()}
+    models_raw = _type("models", top.get("models", []), list, "an array of tables [[models]]")
+    attacks_raw = _type("attacks", top.get("attacks", []), list, "an array of tables [[attacks]]")
+    if not models_raw:
+        raise ConfigError("the config has no [[models]]; add at least one")
+    if not attacks_raw:
+        raise ConfigError("the config has no [[attacks]]; add at least one")
+    models = tuple(ModelConfig.parse(m, f"models[{i}]") for i, m in enumerate(models_raw))
+    attacks = tuple(AttackConfig.parse(a, f"attacks[{i}]", grids) for i, a in enumerate(attacks_raw))
+    for kind, items in (("model", [m.name for m in models]), ("attack", [a.name for a in attacks if a.name])):
+        dup = sorted({n for n in items if items.count(n) > 1})
+        if dup:
+            raise ConfigError(f"two {kind}s are named {dup[0]!r}; names must be unique")
+    return Config(
+        RunConfig.parse(top.get("run", {})),
+        DataConfig.parse(top.get("data", {})),
+        models,
+        attacks,
+        grids,
+        source,
+    )
+
+
+def default_config_text() -> str:
+    """The embedded default config (the main job)."""
+    return resources.files("evasion").joinpath("configs/default.toml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a TOML config file (``None``: the embedded default)."""
+    tomllib = _toml()
+    if path is None:
+        text, source = default_config_text(), "<default>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist" if not p.exists() else f"{p} is not a file")
+        try:
+            text, source = p.read_text(encoding="utf-8"), str(p)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p} ({exc})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    return parse_config(raw, source)

@@ -1,0 +1,47 @@
+"""Security evaluation: how accuracy falls as the attacker's budget grows, and can we trust it.
+
+>>> from evasion import attacks, datasets, models
+>>> from evasion.evaluation import AttackSpec, evaluate
+>>> ev = evaluate(models.load("digits-cnn"), datasets.load("digits").head(100),
+...               [AttackSpec(attacks.PGD(steps=20), "linf", [0.05, 0.1, 0.2])])
+>>> ev.curve("digits-cnn", "pgd-linf").accuracy          # doctest: +SKIP
+>>> ev.worst_case("digits-cnn", "linf").auc()             # doctest: +SKIP
+>>> ev.checks                                             # attack-failure flags
+
+No I/O here: pass ``store=evasion.store.RunStore(folder)`` to make it resumable, and use
+:mod:`evasion.reports` to draw it.
+"""
+
+from __future__ import annotations
+
+from .checks import CHECKS, Check
+from .curves import SecurityCurve
+from .engine import Engine, LocalEngine, ProgressEvent, Setup, Sink, evaluate
+from .plan import Context, Task
+from .records import SOURCES, Cell, CellOutput, CleanRecord, Record
+from .result import Evaluation, Example
+from .spec import AttackSpec, SpecInfo, check_epsilons
+
+__all__ = [
+    "CHECKS",
+    "SOURCES",
+    "AttackSpec",
+    "Cell",
+    "CellOutput",
+    "Check",
+    "CleanRecord",
+    "Context",
+    "Engine",
+    "Evaluation",
+    "Example",
+    "LocalEngine",
+    "ProgressEvent",
+    "Record",
+    "SecurityCurve",
+    "Setup",
+    "Sink",
+    "SpecInfo",
+    "Task",
+    "check_epsilons",
+    "evaluate",
+]

@@ -1,0 +1,448 @@
+"""Computing one cell: clean predictions, a minimum-norm search, or an attack at one epsilon.
+
+Every function here is pure (inputs in, a :class:`CellOutput` out) so that the local and the Ray
+engine run exactly the same code, and a stored output can stand in for a computed one. The
+per-chain state that links the epsilons of one attack (which samples are broken, where to warm
+start) is rebuilt from outputs by :func:`advance`, whether they were just computed or loaded.
+
+Efficiency rules (Melis et al.'s security evaluation curve, computed honestly and cheaply):
+
+* a sample broken at epsilon stays broken at every larger epsilon of the same norm: it is not
+  attacked again, its record points to the earlier adversarial point (inside the larger ball);
+* the attack warm-starts from the previous epsilon's points (iterative attacks);
+* a sample whose minimal perturbation (from a minimum-norm attack of the same norm) fits in the
+  budget is tested with that point first: projected onto the ball and re-checked by a fresh
+  prediction, never trusted blindly;
+* every returned point is re-verified by the evaluator (fresh prediction, inside ball and box).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..attacks.base import AttackResult
+from ..models.classifier import REJECT, Classifier
+from ..perturbations import norm as perturbation_norm
+from ..perturbations import project, random_start
+from ..threat_model import ThreatModel
+from .records import ATTACK_COLUMNS, CLEAN_COLUMNS, SOURCES, Cell, CellOutput, empty_columns
+from .spec import AttackSpec
+
+__all__ = [
+    "Batch",
+    "ChainState",
+    "SearchResult",
+    "advance",
+    "cell_seed",
+    "initial_state",
+    "run_budget",
+    "run_clean",
+    "run_search",
+    "search_result",
+]
+
+_SRC = {name: i for i, name in enumerate(SOURCES)}
+
+
+@dataclass
+class Batch:
+    """The inputs of one batch (CPU tensors) and, per spec, its targets and mask."""
+
+    index: int
+    start: int
+    x: Tensor
+    y: Tensor
+    targets: Tensor | None = None
+    mask: Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.arange(self.start, self.start + self.n, dtype=np.int64)
+
+
+@dataclass
+class ChainState:
+    """Per-sample state of one model x attack x batch chain after its largest epsilon so far."""
+
+    epsilon: float
+    broken: Tensor
+    points: Tensor  # the breaking point where broken, else the last point (warm start)
+    prediction: Tensor
+    confidence: Tensor
+    norm_value: Tensor
+
+
+@dataclass
+class SearchResult:
+    """A minimum-norm attack's unbounded result: smallest perturbation norm and point per sample."""
+
+    minimal: Tensor
+    points: Tensor
+
+
+def cell_seed(seed: int, cell: Cell) -> int:
+    """The seed of a cell's generator, from (seed, model, attack, epsilon, batch) only."""
+    digest = hashlib.sha256(f"{seed}|{cell.key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# -- verification ------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    prediction: Tensor
+    success: Tensor
+    confidence: Tensor
+    norm_value: Tensor
+    in_budget: Tensor
+
+
+def _confidence(model: Classifier, scores: Tensor, prediction: Tensor) -> Tensor:
+    column = torch.where(prediction == REJECT, torch.full_like(prediction, scores.shape[1] - 1), prediction)
+    return torch.softmax(scores.double(), dim=1).gather(1, column[:, None])[:, 0]
+
+
+def verify(
+    model: Classifier, x: Tensor, points: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel
+) -> Verdict:
+    """Fresh prediction on ``points`` and whether they respect the threat model (CPU results)."""
+    dev = model.device
+    xd, pd = x.to(dev), points.to(dev, x.dtype)
+    with torch.no_grad():
+        scores = model(pd)
+        pred = model.decide(scores)
+    lower, upper = threat.box_for(xd)
+    size = perturbation_norm(pd - xd, threat.norm)
+    tol = 1e-6 + 1e-5 * (threat.epsilon if math.isfinite(threat.epsilon) else 0.0)
+    flat_ok = ((pd >= lower - 1e-6) & (pd <= upper + 1e-6)).flatten(1).all(1)
+    in_budget = flat_ok & (size <= threat.epsilon + tol)
+    yd = y.to(dev)
+    hit = (pred == target.to(dev)) if target is not None else (pred != yd) & (pred != REJECT)
+    return Verdict(
+        pred.cpu(),
+        (hit & in_budget).cpu(),
+        _confidence(model, scores, pred).cpu(),
+        size.double().cpu(),
+        in_budget.cpu(),
+    )
+
+
+# -- clean -------------------------------------------------------------------------------------
+def run_clean(model: Classifier, batch: Batch, cell: Cell) -> CellOutput:
+    """Clean predictions, computed twice: a model whose outputs change between identical calls
+    makes every number random (the first attack-failure check)."""
+    start = time.perf_counter()
+    x = batch.x.to(model.device)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    pred, again = model.decide(first), model.decide(second)
+    cols = empty_columns(CLEAN_COLUMNS, batch.n)
+    cols["index"][:] = batch.indices
+    cols["label"][:] = batch.y.numpy()
+    cols["prediction"][:] = pred.cpu().numpy()
+    cols["repeat_prediction"][:] = again.cpu().numpy()
+    cols["confidence"][:] = _confidence(model, first, pred).cpu().numpy()
+    cols["score_change"][:] = (first - second).abs().amax(1).double().cpu().numpy()
+    return CellOutput(cell, cols, seconds=time.perf_counter() - start)
+
+
+def initial_state(clean: CellOutput, batch: Batch) -> ChainState:
+    """The state at epsilon 0: samples the clean input already breaks are broken."""
+    pred = torch.from_numpy(clean.columns["prediction"].copy())
+    if batch.targets is not None:
+        broken = pred == batch.targets
+    else:
+        broken = (pred != batch.y) & (pred != REJECT)
+    return ChainState(
+        0.0,
+        broken,
+        batch.x.clone(),
+        pred,
+        torch.from_numpy(clean.columns["confidence"].copy()),
+        torch.zeros(batch.n, dtype=torch.float64),
+    )
+
+
+# -- attack cells --------------------------------------------------------------------------------
+def _threat(model: Classifier, spec: AttackSpec, epsilon: float, mask: Tensor | None) -> ThreatModel:
+    return ThreatModel(spec.norm, epsilon, bounds=model.bounds, mask=mask, targeted=spec.targeted)
+
+
+def _rows(mask: Tensor | None, rows: Tensor, n: int) -> Tensor | None:
+    """The per-input mask of ``rows`` (a shared mask is returned as it is)."""
+    return (
+        mask[rows.to(mask.device)]
+        if mask is not None and mask.dim() == 4 and mask.shape[0] == n > 1
+        else mask
+    )
+
+
+def _call(
+    model: Classifier,
+    spec: AttackSpec,
+    batch: Batch,
+    rows: Tensor,
+    epsilon: float,
+    seed: int,
+    init: Tensor | None,
+) -> AttackResult:
+    """Run the spec's attack on ``rows`` of the batch (with an objective trace when it can).
+
+    Without a warm start, a random start is drawn for the *whole* batch and then restricted to
+    ``rows``: each sample starts where an independent run of the batch would start it, whichever
+    other samples are still being attacked.
+    """
+    attack = spec.attack if init is None else spec.warm_attack()
+    if hasattr(attack, "trace") and not getattr(attack, "trace", True):
+        attack = attack.replace(trace=True)
+    threat = _threat(model, spec, epsilon, _rows(batch.mask, rows, batch.n))
+    target = None if batch.targets is None else batch.targets[rows]
+    generator = torch.Generator().manual_seed(seed)
+    if init is None and getattr(attack, "random_start", False) and math.isfinite(epsilon):
+        full = _threat(model, spec, epsilon, batch.mask)
+        lower, upper = full.box_for(batch.x)
+        init = random_start(batch.x, epsilon, spec.norm, lower, upper, generator)[rows]
+    result = attack(
+        model, batch.x[rows], batch.y[rows], threat=threat, target=target, generator=generator, init=init
+    )
+    return result.cpu()
+
+
+def _improving(result: AttackResult) -> Tensor:
+    """Samples still running at the last step whose objective rose over the last 10% of steps."""
+    trace = result.loss_trace
+    n = len(result)
+    if trace is None or trace.shape[0] < 4:
+        return torch.zeros(n, dtype=torch.bool)
+    trace = trace.double().cpu()
+    ran_all = torch.isfinite(trace[-1]) & ~result.success.cpu()
+    k = max(1, (trace.shape[0] - 1) // 10)
+    filled = torch.nan_to_num(trace, nan=-math.inf)
+    head, tail = filled[:-k].amax(0), filled[-k:].amax(0)
+    total = filled.amax(0) - trace[0]
+    return ran_all & (tail - head > 0.05 * total.abs()) & (tail - head > 1e-6)
+
+
+def _fill(
+    cols: dict[str, np.ndarray], rows: Tensor, verdict: Verdict, source: str, fwd: Tensor, bwd: Tensor
+) -> None:
+    r = rows.numpy()
+    cols["prediction"][r] = verdict.prediction.numpy()
+    cols["success"][r] = verdict.success.numpy()
+    cols["confidence"][r] = verdict.confidence.numpy()
+    cols["norm_value"][r] = verdict.norm_value.numpy()
+    cols["in_budget"][r] = verdict.in_budget.numpy()
+    cols["forwards"][r] = fwd.numpy()
+    cols["backwards"][r] = bwd.numpy()
+    cols["source"][r] = _SRC[source]
+
+
+def _start_columns(batch: Batch, state: ChainState) -> dict[str, np.ndarray]:
+    """Columns where every sample broken earlier is recorded as inherited."""
+    cols = empty_columns(ATTACK_COLUMNS, batch.n)
+    cols["index"][:] = batch.indices
+    cols["label"][:] = batch.y.numpy()
+    cols["prediction"][:] = state.prediction.numpy()
+    cols["confidence"][:] = state.confidence.numpy()
+    cols["norm_value"][:] = state.norm_value.numpy()
+    cols["success"][:] = state.broken.numpy()
+    cols["reported_success"][:] = state.broken.numpy()
+    cols["in_budget"][:] = True
+    cols["source"][:] = _SRC["inherited"]
+    return cols
+
+
+def _try_hints(
+    model: Classifier, spec: AttackSpec, batch: Batch, epsilon: float, todo: Tensor, hints: list[SearchResult]
+) -> tuple[Tensor, Tensor, Verdict] | None:
+    """Rows whose minimal perturbation fits in ``epsilon``: projected, then re-checked."""
+    if not hints or spec.targeted or spec.mask is not None:
+        return None
+    minimal = torch.stack([h.minimal for h in hints])  # (H, n)
+    best = minimal.argmin(0)
+    fits = todo & (minimal.amin(0) <= epsilon)
+    rows = fits.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return None
+    candidates = torch.stack([h.points for h in hints])[best[rows], rows]
+    threat = _threat(model, spec, epsilon, None)
+    x = batch.x[rows]
+    lower, upper = threat.box_for(x)
+    points = project(candidates, x, epsilon, spec.norm, lower, upper)
+    return rows, points, verify(model, x, points, batch.y[rows], None, threat)
+
+
+def run_budget(
+    model: Classifier,
+    spec: AttackSpec,
+    batch: Batch,
+    cell: Cell,
+    state: ChainState,
+    *,
+    seed: int,
+    hints: list[SearchResult] | None = None,
+    search: SearchResult | None = None,
+) -> CellOutput:
+    """One attack at one epsilon on the samples of a batch that are not broken yet.
+
+    ``search`` (minimum-norm specs): project the unbounded result instead of attacking.
+    ``hints``: unbounded results of minimum-norm attacks of the same norm, tried first.
+    """
+    start = time.perf_counter()
+    cols = _start_columns(batch, state)
+    done: list[tuple[Tensor, Tensor]] = []  # (rows, points) computed by this cell
+    if search is not None:
+        _project_search(model, spec, batch, cell.epsilon, state, search, cols, done)
+        return _output(cell, cols, done, start)
+    todo = ~state.broken
+    extra = torch.zeros(batch.n, dtype=torch.int64)  # forwards spent on hints that failed
+    hinted = _try_hints(model, spec, batch, cell.epsilon, todo, hints or [])
+    if hinted is not None:
+        rows, points, v = hinted
+        ok = v.success
+        ones = torch.ones(int(ok.sum()), dtype=torch.int64)
+        _fill(cols, rows[ok], _subset(v, ok), "min-norm", ones, torch.zeros_like(ones))
+        cols["reported_success"][rows[ok].numpy()] = True
+        extra[rows[~ok]] = 1
+        todo[rows[ok]] = False
+        done.append((rows[ok], points[ok]))
+    rows = todo.nonzero()[:, 0]
+    if rows.numel():
+        init = state.points[rows] if spec.uses_warm_start() and state.epsilon > 0 else None
+        _attack_rows(model, spec, batch, cell.epsilon, rows, seed, init, extra, cols, done)
+    return _output(cell, cols, done, start)
+
+
+def _project_search(
+    model: Classifier,
+    spec: AttackSpec,
+    batch: Batch,
+    eps: float,
+    state: ChainState,
+    search: SearchResult,
+    cols: dict[str, np.ndarray],
+    done: list[tuple[Tensor, Tensor]],
+) -> None:
+    """A minimum-norm attack at a budget: its unbounded points projected onto the ball, re-checked."""
+    cols["source"][(~state.broken).numpy()] = _SRC["projected"]
+    cols["minimal_norm"][:] = search.minimal.numpy()
+    rows = (~state.broken & torch.isfinite(search.minimal)).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return
+    threat = _threat(model, spec, eps, _rows(batch.mask, rows, batch.n))
+    x = batch.x[rows]
+    lower, upper = threat.box_for(x)
+    points = project(search.points[rows], x, eps, spec.norm, lower, upper)
+    target = None if batch.targets is None else batch.targets[rows]
+    v = verify(model, x, points, batch.y[rows], target, threat)
+    ones = torch.ones(len(rows), dtype=torch.int64)
+    _fill(cols, rows, v, "projected", ones, torch.zeros_like(ones))
+    cols["reported_success"][rows.numpy()] = v.success.numpy()
+    done.append((rows, points))
+
+
+def _attack_rows(
+    model: Classifier,
+    spec: AttackSpec,
+    batch: Batch,
+    eps: float,
+    rows: Tensor,
+    seed: int,
+    init: Tensor | None,
+    extra: Tensor,
+    cols: dict[str, np.ndarray],
+    done: list[tuple[Tensor, Tensor]],
+) -> None:
+    """Run the attack on ``rows``, re-verify its points, and record them with its diagnostics."""
+    result = _call(model, spec, batch, rows, eps, seed, init)
+    threat = _threat(model, spec, eps, _rows(batch.mask, rows, batch.n))
+    target = None if batch.targets is None else batch.targets[rows]
+    v = verify(model, batch.x[rows], result.adversarial, batch.y[rows], target, threat)
+    _fill(cols, rows, v, "attack", result.forwards + 1 + extra[rows], result.backwards)
+    r = rows.numpy()
+    cols["reported_success"][r] = result.success.numpy()
+    for key, stat in (("zero_grad", "zero_grad_steps"), ("nonfinite_grad", "nonfinite_grad_steps")):
+        if stat in result.stats:
+            cols[key][r] = result.stats[stat].cpu().numpy()
+    cols["improving"][r] = _improving(result).numpy()
+    done.append((rows, result.adversarial))
+
+
+def _subset(v: Verdict, keep: Tensor) -> Verdict:
+    return Verdict(
+        *(getattr(v, f)[keep] for f in ("prediction", "success", "confidence", "norm_value", "in_budget"))
+    )
+
+
+def _output(
+    cell: Cell, cols: dict[str, np.ndarray], done: list[tuple[Tensor, Tensor]], start: float
+) -> CellOutput:
+    """The cell's output: its columns and the points it computed, sorted by sample index."""
+    first = int(cols["index"][0]) if len(cols["index"]) else 0
+    if done:
+        local = torch.cat([rows for rows, _ in done])
+        order = local.argsort()
+        indices = (local[order].numpy() + first).astype(np.int64)
+        adversarial: Tensor | None = torch.cat([p.detach().cpu() for _, p in done])[order].contiguous()
+    else:
+        indices, adversarial = np.zeros(0, dtype=np.int64), None
+    return CellOutput(cell, cols, indices, adversarial, time.perf_counter() - start)
+
+
+def run_search(
+    model: Classifier, spec: AttackSpec, batch: Batch, cell: Cell, state: ChainState, *, seed: int
+) -> CellOutput:
+    """A minimum-norm attack without a budget on the samples the clean input does not break."""
+    start = time.perf_counter()
+    cols = _start_columns(batch, state)
+    cols["minimal_norm"][:] = np.where(state.broken.numpy(), 0.0, math.inf)
+    rows = (~state.broken).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return _output(cell, cols, [], start)
+    result = _call(model, spec, batch, rows, math.inf, seed, None)
+    threat = _threat(model, spec, math.inf, _rows(batch.mask, rows, batch.n))
+    target = None if batch.targets is None else batch.targets[rows]
+    v = verify(model, batch.x[rows], result.adversarial, batch.y[rows], target, threat)
+    _fill(cols, rows, v, "search", result.forwards + 1, result.backwards)
+    r = rows.numpy()
+    cols["reported_success"][r] = result.success.numpy()
+    # the verified norm of the unprojected point (the attack's own claim is re-checked)
+    cols["minimal_norm"][r] = torch.where(
+        v.success, v.norm_value, torch.full_like(v.norm_value, math.inf)
+    ).numpy()
+    return _output(cell, cols, [(rows, result.adversarial)], start)
+
+
+def search_result(out: CellOutput, batch: Batch) -> SearchResult:
+    """The unbounded result of a search cell (the clean input where nothing was stored)."""
+    points = batch.x.clone()
+    if out.adversarial is not None and len(out.indices):
+        points[torch.from_numpy(out.indices - batch.start)] = out.adversarial.to(points.dtype)
+    return SearchResult(torch.from_numpy(out.columns["minimal_norm"].copy()), points)
+
+
+def advance(state: ChainState, out: CellOutput, batch: Batch) -> ChainState:
+    """The chain's state after ``out`` (computed or loaded): broken stays broken."""
+    cols = out.columns
+    points = state.points.clone()
+    if out.adversarial is not None and len(out.indices):
+        points[torch.from_numpy(out.indices - batch.start)] = out.adversarial.to(points.dtype)
+    return replace(
+        state,
+        epsilon=out.cell.epsilon,
+        broken=state.broken | torch.from_numpy(cols["success"].copy()),
+        points=points,
+        prediction=torch.from_numpy(cols["prediction"].copy()),
+        confidence=torch.from_numpy(cols["confidence"].copy()),
+        norm_value=torch.from_numpy(cols["norm_value"].copy()),
+    )

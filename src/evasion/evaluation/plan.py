@@ -1,0 +1,190 @@
+"""The plan of an evaluation: its cells in a valid order, with what each one depends on.
+
+Per model: the clean predictions of every batch first; then, per norm, the minimum-norm attacks
+(one unbounded search per batch, then their budgets) so that the fixed-budget attacks of the same
+norm can skip samples those already broke; then the fixed-budget attacks, epsilons ascending,
+each epsilon depending on the previous one of the same attack and batch (broken stays broken,
+warm starts). Engines may run independent cells in any order; results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..models.classifier import Classifier
+from .compute import (
+    Batch,
+    ChainState,
+    SearchResult,
+    advance,
+    cell_seed,
+    initial_state,
+    run_budget,
+    run_clean,
+    run_search,
+    search_result,
+)
+from .records import Cell, CellOutput
+from .spec import AttackSpec
+
+__all__ = ["Context", "Task", "execute", "make_plan", "replay"]
+
+Product = Any  # a clean CellOutput, a ChainState or a SearchResult
+
+
+@dataclass(frozen=True)
+class Task:
+    """A cell and the keys of the tasks whose products it needs."""
+
+    cell: Cell
+    state: str | None = None  # the previous state of the chain (the clean cell for the first epsilon)
+    search: str | None = None  # a minimum-norm spec's own unbounded search
+    hints: tuple[str, ...] = ()  # searches of other minimum-norm specs of the same norm
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return tuple(k for k in (self.state, self.search, *self.hints) if k is not None)
+
+
+@dataclass
+class Context:
+    """Everything a task needs besides its dependencies (shipped once to remote workers)."""
+
+    models: dict[str, Classifier]
+    x: Tensor
+    y: Tensor
+    specs: dict[str, AttackSpec]
+    targets: dict[str, Tensor | None]
+    batch_size: int
+    seed: int
+    threads: int = 0
+
+    def batch(self, cell: Cell) -> Batch:
+        start = cell.batch * self.batch_size
+        stop = min(start + self.batch_size, int(self.x.shape[0]))
+        b = Batch(cell.batch, start, self.x[start:stop], self.y[start:stop])
+        spec = self.specs.get(cell.attack)
+        if spec is not None:
+            t = self.targets.get(cell.attack)
+            b.targets = None if t is None else t[start:stop]
+            mask = spec.mask
+            if mask is not None and mask.dim() == 4 and mask.shape[0] == int(self.x.shape[0]) > 1:
+                mask = mask[start:stop]
+            b.mask = mask
+        return b
+
+    def use_threads(self) -> None:
+        """Workers use as many torch threads as the driver (identical results, bit for bit)."""
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+
+def _reusable(spec: AttackSpec) -> bool:
+    return not spec.targeted and spec.mask is None
+
+
+def make_plan(
+    models: Sequence[str], specs: Sequence[AttackSpec], n: int, batch_size: int, reuse_minimal: bool = True
+) -> list[Task]:
+    """All tasks of an evaluation, dependencies before dependents."""
+    batches = range(math.ceil(n / batch_size))
+    tasks: list[Task] = []
+    for model in models:
+        clean = {b: Cell("clean", model, "", 0.0, b) for b in batches}
+        tasks += [Task(c) for c in clean.values()]
+        norms = list(dict.fromkeys(s.norm for s in specs))
+        for norm in norms:
+            group = [s for s in specs if s.norm == norm]
+            minimum = [s for s in group if s.minimum_norm]
+            searches = {
+                s.name: {b: Cell("search", model, str(s.name), math.inf, b) for b in batches} for s in minimum
+            }
+            for s in minimum:
+                tasks += [Task(searches[s.name][b], state=clean[b].key) for b in batches]
+            for s in minimum + [s for s in group if not s.minimum_norm]:
+                previous = {b: clean[b].key for b in batches}
+                donors = (
+                    [m for m in minimum if m is not s and _reusable(m)]
+                    if reuse_minimal and _reusable(s)
+                    else []
+                )
+                for eps in s.grid:
+                    for b in batches:
+                        cell = Cell("budget", model, str(s.name), eps, b)
+                        own = searches[s.name][b].key if s.minimum_norm else None
+                        hints = () if s.minimum_norm else tuple(searches[m.name][b].key for m in donors)
+                        tasks.append(Task(cell, state=previous[b], search=own, hints=hints))
+                        previous[b] = cell.key
+    return tasks
+
+
+def dependents(tasks: Sequence[Task]) -> Counter[str]:
+    """How many tasks need each task's product (products can be dropped when it reaches 0)."""
+    return Counter(k for t in tasks for k in t.needs)
+
+
+def _state(product: Product, batch: Batch) -> ChainState:
+    if isinstance(product, CellOutput):  # the clean cell: epsilon 0
+        return initial_state(product, batch)
+    assert isinstance(product, ChainState)
+    return product
+
+
+def execute(
+    task: Task, ctx: Context, state: Product = None, search: Product = None, *hints: Product
+) -> tuple[CellOutput, Product]:
+    """Compute one task; returns its output (to store) and its product (for dependents)."""
+    ctx.use_threads()
+    cell = task.cell
+    batch = ctx.batch(cell)
+    model = ctx.models[cell.model]
+    if cell.kind == "clean":
+        out = run_clean(model, batch, cell)
+        return out, out.without_points()
+    spec = ctx.specs[cell.attack]
+    chain = _state(state, batch)
+    seed = cell_seed(ctx.seed, cell)
+    if cell.kind == "search":
+        out = run_search(model, spec, batch, cell, chain, seed=seed)
+        return out, search_result(out, batch)
+    found = [h for h in hints if isinstance(h, SearchResult)]
+    own = search if isinstance(search, SearchResult) else None
+    out = run_budget(model, spec, batch, cell, chain, seed=seed, hints=found, search=own)
+    return out, advance(chain, out, batch)
+
+
+def replay(task: Task, ctx: Context, out: CellOutput, state: Product = None) -> Product:
+    """The product of a task from its stored output (no attack is run)."""
+    cell = task.cell
+    if cell.kind == "clean":
+        return out.without_points()
+    batch = ctx.batch(cell)
+    if cell.kind == "search":
+        return search_result(out, batch)
+    return advance(_state(state, batch), out, batch)
+
+
+def default_threads() -> int:
+    return torch.get_num_threads() or (os.cpu_count() or 1)
+
+
+def check_mask_rows(specs: Mapping[str, AttackSpec], n: int) -> list[str]:
+    """Names of specs whose per-input mask does not have one row per sample."""
+    bad = []
+    for name, spec in specs.items():
+        m = spec.mask
+        if m is not None and m.dim() == 4 and m.shape[0] not in (1, n):
+            bad.append(name)
+    return bad

@@ -1,0 +1,231 @@
+"""`AttackSpec`: one attack of an evaluation, with its norm, its epsilon grid and its goal."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..attacks.base import Attack
+from ..errors import ConfigError
+from ..threat_model import ThreatModel
+
+__all__ = ["AttackSpec", "SpecInfo", "check_epsilons", "is_black_box"]
+
+Targets = Tensor | Callable[[Tensor], Tensor]
+
+
+def check_epsilons(values: object, where: str = "epsilons") -> tuple[float, ...]:
+    """A non-empty grid of finite, non-negative numbers -> sorted, unique, starting with 0.0."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | Tensor):
+        raise ConfigError(f"{where} must be a list of numbers, got {values!r}")
+    grid = []
+    for v in list(values):
+        if isinstance(v, Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where} must contain numbers, got {v!r}")
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{where} must be finite and >= 0, got {v!r}")
+        grid.append(float(v))
+    if not grid:
+        raise ConfigError(f"{where} is empty; give at least one epsilon")
+    return tuple(sorted({0.0, *grid}))
+
+
+def default_name(attack: Attack, norm: str) -> str:
+    """``"<attack>-<norm>"`` (``"cw-l2"``, not ``"cw-l2-l2"``)."""
+    return attack.name if attack.name.endswith(f"-{norm}") else f"{attack.name}-{norm}"
+
+
+def is_black_box(attack: Attack) -> bool:
+    """Whether an attack does without the target model's gradients (score-based or transfer)."""
+    return bool(
+        getattr(attack, "black_box", False)
+        or getattr(attack, "gradient_free", False)
+        or getattr(attack, "transfer", False)
+    )
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack to run in an evaluation, over an epsilon grid of one norm.
+
+    Args:
+        attack: the configured attack (e.g. ``attacks.PGD(steps=50)``).
+        norm: the threat model's norm (``"linf"``, ``"l2"``, ...).
+        epsilons: the budgets; sorted, de-duplicated, and ``0.0`` (the clean accuracy) is added.
+            A minimum-norm attack runs once without a budget and the grid reads its results.
+        name: the label in curves, records and reports (default ``"<attack>-<norm>"``).
+        targeted, targets: a targeted threat, with one target class per input (a tensor
+            ``(N,)``) or a function ``targets(y) -> (N,)``.
+        mask: the pixels the attacker may change (a "sticker"): ``(H, W)``, ``(C, H, W)`` or one
+            mask per input ``(N, C, H, W)``.
+        warm_start: start each epsilon from the previous epsilon's points (iterative attacks
+            with more than one step). Off by default: without it every cell is exactly the
+            independent run of its batch restricted to the samples still unbroken (each sample
+            keeps the random start an independent run would give it), so the curve is provably
+            at least as strong as attacking each epsilon independently, sample by sample. A
+            warm start converges faster on dense grids but can end weaker on some samples.
+        warm_steps: steps of the warm-started epsilons (after the first): a warm-started
+            sample continues an optimisation that already ran at the smaller budget, so fewer
+            steps may suffice (``None``: the attack's own ``steps``).
+    """
+
+    attack: Attack
+    norm: str
+    epsilons: Sequence[float]
+    name: str | None = None
+    targeted: bool = False
+    targets: Targets | None = field(default=None, compare=False)
+    mask: Tensor | None = field(default=None, compare=False)
+    warm_start: bool = False
+    warm_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, Attack):
+            raise ConfigError(f"attack must be an evasion attack, got {type(self.attack).__name__}")
+        norm = ThreatModel(self.norm, 0.0).norm
+        if norm not in self.attack.norms:
+            raise ConfigError(
+                f"{type(self.attack).__name__} does not support the {norm} norm; "
+                f"supported: {', '.join(self.attack.norms)}"
+            )
+        object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "epsilons", check_epsilons(self.epsilons, f"epsilons of {self.label!r}"))
+        name = self.name if self.name is not None else default_name(self.attack, norm)
+        if not isinstance(name, str) or not name.strip() or name == "clean":
+            raise ConfigError(f"an attack name must be a non-empty string other than 'clean', got {name!r}")
+        object.__setattr__(self, "name", name)
+        for flag in ("targeted", "warm_start"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.targeted and self.targets is None:
+            raise ConfigError(f"attack {name!r} is targeted: give targets (a tensor or a function of y)")
+        if not self.targeted and self.targets is not None:
+            raise ConfigError(f"attack {name!r} has targets but targeted=False")
+        if self.targets is not None and not (isinstance(self.targets, Tensor) or callable(self.targets)):
+            raise ConfigError(
+                f"targets must be a tensor or a function of y, got {type(self.targets).__name__}"
+            )
+        if self.mask is not None:
+            ThreatModel(norm, 0.0, mask=self.mask)  # validates dtype and shape
+        if self.warm_steps is not None:
+            if (
+                isinstance(self.warm_steps, bool)
+                or not isinstance(self.warm_steps, int)
+                or self.warm_steps < 1
+            ):
+                raise ConfigError(f"warm_steps must be a positive integer, got {self.warm_steps!r}")
+            if not isinstance(getattr(self.attack, "steps", None), int):
+                raise ConfigError(
+                    f"warm_steps needs an attack with a `steps` parameter, not {self.attack.name}"
+                )
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else default_name(self.attack, self.norm)
+
+    @property
+    def minimum_norm(self) -> bool:
+        return bool(self.attack.minimum_norm)
+
+    @property
+    def black_box(self) -> bool:
+        return is_black_box(self.attack)
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The positive epsilons (the budgets actually attacked)."""
+        return tuple(e for e in self.epsilons if e > 0)
+
+    def uses_warm_start(self) -> bool:
+        steps = getattr(self.attack, "steps", 1)
+        return self.warm_start and not self.minimum_norm and isinstance(steps, int) and steps > 1
+
+    def warm_attack(self) -> Attack:
+        """The attack run on warm-started epsilons (``warm_steps`` steps)."""
+        if self.warm_steps is None or not self.uses_warm_start():
+            return self.attack
+        return self.attack.replace(steps=self.warm_steps)
+
+    def resolve_targets(self, y: Tensor) -> Tensor | None:
+        """The target class of every input (``None`` for an untargeted spec)."""
+        if not self.targeted or self.targets is None:
+            return None
+        t = (
+            self.targets(y)
+            if callable(self.targets) and not isinstance(self.targets, Tensor)
+            else self.targets
+        )
+        if not isinstance(t, Tensor) or t.shape != y.shape:
+            raise ConfigError(f"targets of {self.name!r} must be a tensor shaped like y {tuple(y.shape)}")
+        return t.to(torch.int64)
+
+    def info(self, y: Tensor | None = None) -> SpecInfo:
+        """The plain description stored with the results (no attack object needed to read them)."""
+        return SpecInfo(
+            name=str(self.name),
+            norm=self.norm,
+            epsilons=tuple(self.epsilons),
+            attack=self.attack.describe(),
+            kind=self.attack.name,
+            minimum_norm=self.minimum_norm,
+            targeted=self.targeted,
+            black_box=self.black_box,
+            fingerprint=self.fingerprint(y),
+        )
+
+    def fingerprint(self, y: Tensor | None = None) -> str:
+        """A digest of everything that changes this spec's results (not the epsilon grid)."""
+        h = hashlib.sha256()
+        for part in (
+            self.attack.describe(),
+            self.norm,
+            self.targeted,
+            self.uses_warm_start(),
+            self.warm_steps,
+        ):
+            h.update(repr(part).encode())
+        for t in (self.mask, None if y is None else self.resolve_targets(y)):
+            if t is not None:
+                h.update(repr(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SpecInfo:
+    """What an evaluation records about an attack spec: enough to read and report its results."""
+
+    name: str
+    norm: str
+    epsilons: tuple[float, ...]
+    attack: str
+    kind: str
+    minimum_norm: bool = False
+    targeted: bool = False
+    black_box: bool = False
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "norm": self.norm,
+            "epsilons": list(self.epsilons),
+            "attack": self.attack,
+            "kind": self.kind,
+            "minimum_norm": self.minimum_norm,
+            "targeted": self.targeted,
+            "black_box": self.black_box,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpecInfo:
+        return cls(**{**d, "epsilons": tuple(float(e) for e in d["epsilons"])})

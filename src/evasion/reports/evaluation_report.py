@@ -1,0 +1,345 @@
+"""The HTML report of a security evaluation: curves, tables, histograms, image grids, checks, metadata.
+
+One self-contained file (inline SVG plots and PNG images, no network access) rendered from an
+:class:`~evasion.evaluation.Evaluation` alone, so ``evasion report RUN`` can redraw it from the
+store. Every user-supplied string (class names, run names, paths, config text) is escaped by
+:class:`~evasion.reports.html.Page`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..evaluation import CHECKS, Evaluation, Example, SecurityCurve
+from .html import GridCell, Page
+from .plots import figure, to_svg
+
+__all__ = ["build_report", "write_report"]
+
+_DOCS = "docs/attack-failure-checks.md"
+_LEVEL = {"ok": "ok", "warn": "warn", "bad": "bad"}
+
+
+def _label(classes: Sequence[str], k: int) -> str:
+    if k < 0:
+        return "REJECT"
+    return f"{k} {classes[k]}" if 0 <= k < len(classes) and classes[k] != str(k) else str(k)
+
+
+def _eps(e: float) -> str:
+    return "unbounded" if math.isinf(e) else f"{e:g}"
+
+
+# -- plots -----------------------------------------------------------------------------------------
+def curve_figure(curves: Sequence[SecurityCurve], worst: SecurityCurve | None, title: str) -> str:
+    """Accuracy vs. epsilon per attack, the worst case in black, rejected fractions as bands."""
+    fig, ax = figure(6.0, 3.8)
+    for c in curves:
+        (line,) = ax.plot(c.epsilons, c.accuracy, marker="o", markersize=3, linewidth=1.4, label=c.attack)
+        if worst is None and any(r > 0 for r in c.rejected):  # one band per attack only without a worst case
+            top = [a + r for a, r in zip(c.accuracy, c.rejected)]
+            ax.fill_between(c.epsilons, c.accuracy, top, color=line.get_color(), alpha=0.15, linewidth=0)
+    if worst is not None:
+        ax.plot(
+            worst.epsilons, worst.accuracy, color="black", linewidth=2.4, linestyle="--", label="worst case"
+        )
+        if any(r > 0 for r in worst.rejected):
+            top = [a + r for a, r in zip(worst.accuracy, worst.rejected)]
+            ax.fill_between(
+                worst.epsilons, worst.accuracy, top, color="grey", alpha=0.25, label="+ rejected (worst case)"
+            )
+    ax.set_xlabel(f"maximum perturbation epsilon ({curves[0].norm if curves else ''})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return to_svg(fig)
+
+
+def minimal_norm_figure(ev: Evaluation, model: str, names: Sequence[str]) -> str | None:
+    """Histogram of minimal perturbation norms, and the robust-accuracy curve they imply."""
+    data = []
+    for name in names:
+        minimal = ev.minimal_norms(model, name)
+        clean = ev.clean_columns.get(model)
+        if minimal is None or clean is None:
+            continue
+        correct = clean["prediction"] == clean["label"]
+        values = minimal.numpy()[correct]
+        data.append((name, values))
+    if not data:
+        return None
+    fig, (left, right) = figure(9.0, 3.4, ncols=2)
+    finite = np.concatenate([v[np.isfinite(v)] for _, v in data]) if data else np.zeros(0)
+    top = float(finite.max()) if finite.size else 1.0
+    bins = np.linspace(0, max(top, 1e-6), 30)
+    for name, values in data:
+        left.hist(values[np.isfinite(values)], bins=bins, alpha=0.55, label=name)
+        grid = np.linspace(0, max(top, 1e-6), 200)
+        right.plot(grid, [(values > g).mean() for g in grid], label=name)
+    left.set_xlabel("minimal perturbation norm")
+    left.set_ylabel("samples")
+    left.legend(fontsize=8, frameon=False)
+    right.set_xlabel("epsilon")
+    right.set_ylabel("implied robust accuracy")
+    right.set_ylim(-0.02, 1.02)
+    return to_svg(fig)
+
+
+# -- sections --------------------------------------------------------------------------------------
+def _curve_rows(curves: Sequence[SecurityCurve], ev: Evaluation, model: str) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for c in curves:
+        cells: list[object] = [c.attack]
+        for a, r in zip(c.accuracy, c.rejected):
+            cells.append(f"{a:.3f}" + (f" ({r:.3f})" if r > 0 else ""))
+        fwd, bwd = ev.queries(model, c.attack) if c.attack in ev.specs else (0, 0)
+        cells += [f"{c.auc():.3f}", f"{fwd:,} / {bwd:,}" if c.attack in ev.specs else "-"]
+        rows.append(cells)
+    return rows
+
+
+def _model_section(page: Page, ev: Evaluation, model: str) -> None:
+    page.section(f"Model {model}", anchor=f"model-{model}")
+    page.paragraph(f"Clean accuracy {ev.clean_accuracy(model):.3f} on {ev.samples} samples.")
+    for norm in ev.norms:
+        specs = [s for s in ev.specs.values() if s.norm == norm]
+        curves = [ev.curve(model, s.name) for s in specs]
+        worst = ev.worst_case(model, norm) if any(not s.targeted for s in specs) else None
+        page.heading(f"Security evaluation curve, {norm}")
+        page.svg(
+            curve_figure(curves, worst, f"{model}, {norm}"),
+            caption=(
+                "Accuracy under each attack vs. the maximum perturbation; dashed black: worst case per sample "
+                "over all attacks of this norm; grey band: inputs rejected in the worst case (a rejected adversarial "
+                "input counts as defended, a rejected clean input as an error)."
+            ),
+        )
+        grid = sorted({e for c in curves for e in c.epsilons})
+        table = [*curves, *([worst] if worst is not None else [])]
+        if any(r > 0 for c in table for r in c.rejected):
+            page.paragraph("Accuracy (in parentheses: the fraction rejected).", css="note")
+        if all(c.epsilons == grid for c in table):
+            header = ["attack", *[f"eps {e:g}" for e in grid], "AUC", "forwards / backwards"]
+            page.table(header, _curve_rows(table, ev, model))
+        else:
+            for c in table:
+                page.table(
+                    ["attack", *[f"eps {e:g}" for e in c.epsilons], "AUC", "forwards / backwards"],
+                    _curve_rows([c], ev, model),
+                )
+        minimal = [s.name for s in specs if s.minimum_norm]
+        svg = minimal_norm_figure(ev, model, minimal) if minimal else None
+        if svg is not None:
+            page.heading(f"Minimal perturbations, {norm}")
+            page.svg(
+                svg,
+                caption="Smallest adversarial perturbation per correctly classified sample found by the "
+                "minimum-norm attacks (left), and the robust accuracy it implies (right).",
+            )
+
+
+def _examples_section(page: Page, ev: Evaluation, classes: Sequence[str]) -> None:
+    page.section("Adversarial examples", anchor="examples")
+    if not ev.examples:
+        page.paragraph("No adversarial examples among the first samples (or none stored).", css="note")
+        return
+    page.paragraph(
+        "Original | adversarial at the smallest epsilon that broke it | perturbation, amplified "
+        "(grey = unchanged). Labels with the model's confidence.",
+        css="note",
+    )
+    by_key: dict[tuple[str, str], list[Example]] = {}
+    for ex in ev.examples:
+        by_key.setdefault((ex.model, ex.attack), []).append(ex)
+    per_row = 3  # examples side by side: original | adversarial | perturbation, three times
+    for (model, attack), items in by_key.items():
+        page.heading(f"{model}: {attack}")
+        triplets = [_grid_row(ex, classes) for ex in items]
+        rows = [[c for t in triplets[i : i + per_row] for c in t] for i in range(0, len(triplets), per_row)]
+        titles = ["original", "adversarial", "perturbation"] * min(per_row, len(triplets))
+        page.image_grid(rows, column_titles=titles, cell_width=100)
+
+
+def _grid_row(ex: Example, classes: Sequence[str]) -> list[GridCell]:
+    delta = ex.adversarial.float() - ex.original.float()
+    scale = float(delta.abs().max())
+    amp = 0.5 + delta / (2 * scale) if scale > 0 else torch.full_like(delta, 0.5)
+    return [
+        GridCell(
+            ex.original,
+            [
+                f"#{ex.index} true {_label(classes, ex.label)}",
+                f"pred {_label(classes, ex.clean_prediction)} ({ex.clean_confidence:.2f})",
+            ],
+        ),
+        GridCell(
+            ex.adversarial.clamp(0, 1),
+            [f"eps {_eps(ex.epsilon)}", f"pred {_label(classes, ex.prediction)} ({ex.confidence:.2f})"],
+        ),
+        GridCell(
+            amp.clamp(0, 1), [f"max |delta| {scale:.3g}", f"x{0.5 / scale:.1f}" if scale > 0 else "none"]
+        ),
+    ]
+
+
+def _checks_section(page: Page, ev: Evaluation) -> None:
+    page.section("Attack-failure checks", anchor="checks")
+    flags = ev.checks
+    if flags:
+        page.paragraph(f"{len(flags)} flag(s): these numbers may overstate robustness. See {_DOCS}.")
+        for c in flags:
+            where = "/".join(x for x in (c.model, c.attack) if x)
+            eps = f", epsilon {_eps(c.epsilon)}" if c.attack else ""
+            page.flag(f"[{c.level}] {c.code} ({where}{eps}): {c.message}", level=_LEVEL.get(c.level, "warn"))
+    else:
+        page.flag("All attack-failure checks passed.", level="ok")
+    codes = list(CHECKS)
+    table: dict[str, dict[str, str]] = {}
+    for c in ev.checks_run:
+        row = table.setdefault(f"{c.model} / {c.attack or '(model)'}", {})
+        prev = row.get(c.code, "ok")
+        row[c.code] = c.level if c.level != "ok" or prev == "ok" else prev
+    page.table(
+        ["model / attack", *codes], [[k, *[v.get(code, "-") for code in codes]] for k, v in table.items()]
+    )
+    page.bullets([f"{code}: {text}" for code, text in CHECKS.items()])
+
+
+def _when(t: Any) -> str:
+    return dt.datetime.fromtimestamp(float(t)).isoformat(timespec="seconds") if t else "-"
+
+
+def _metadata_section(page: Page, ev: Evaluation) -> None:
+    meta = ev.meta
+    page.section("Run metadata", anchor="metadata")
+    rows: list[list[object]] = [
+        ["samples", ev.samples],
+        ["data", meta.get("data", "-")],
+        ["models", ", ".join(ev.models)],
+        ["compute time (cells)", f"{meta.get('seconds', 0.0):.1f} s"],
+    ]
+    rows += [[k, meta[k]] for k in ("run", "seed", "batch_size") if k in meta]
+    page.table(["", ""], rows)
+    page.heading("Attacks")
+    page.table(
+        ["name", "norm", "attack", "epsilons", "kind"],
+        [
+            [
+                s.name,
+                s.norm,
+                s.attack,
+                ", ".join(f"{e:g}" for e in s.epsilons),
+                ", ".join(
+                    k
+                    for k, on in (
+                        ("minimum-norm", s.minimum_norm),
+                        ("targeted", s.targeted),
+                        ("black-box", s.black_box),
+                    )
+                    if on
+                )
+                or "fixed budget",
+            ]
+            for s in ev.specs.values()
+        ],
+    )
+    sessions = meta.get("sessions", [])
+    if sessions:
+        page.heading("Sessions (each invocation that wrote this run)")
+        keys = ["command", "engine", "evasion", "torch", "python", "device", "platform", "torch_threads"]
+        page.table(
+            ["#", "started", "finished", *keys],
+            [
+                [
+                    s.get("id"),
+                    _when(s.get("started")),
+                    _when(s.get("finished")),
+                    *[s.get(k, "-") for k in keys],
+                ]
+                for s in sessions
+            ],
+        )
+    if meta.get("config"):
+        page.heading("Resolved configuration")
+        page.preformatted(str(meta["config"]))
+
+
+def build_report(ev: Evaluation, title: str | None = None) -> Page:
+    """The report page of an evaluation."""
+    run = str(ev.meta.get("run", "")) or "evaluation"
+    page = Page(
+        title or f"Security evaluation: {Path(run).name}",
+        subtitle=f"{', '.join(ev.models)} on {ev.meta.get('data', 'data')} ({ev.samples} samples); "
+        f"generated {dt.datetime.now().isoformat(timespec='seconds')}",
+    )
+    classes = [str(c) for c in ev.meta.get("classes", [])]
+    page.nav(
+        [("summary", "Summary")]
+        + [(f"model-{m}", m) for m in ev.models]
+        + [("examples", "Examples"), ("checks", "Checks"), ("metadata", "Metadata")]
+    )
+    page.section("Summary", anchor="summary")
+    rows = []
+    for model in ev.models:
+        for norm in ev.norms:
+            if any(s.norm == norm and not s.targeted for s in ev.specs.values()):
+                w = ev.worst_case(model, norm)
+                mid = len(w.epsilons) // 2
+                rows.append(
+                    [
+                        model,
+                        norm,
+                        w.clean_accuracy,
+                        f"{w.epsilons[mid]:g}",
+                        w.accuracy[mid],
+                        w.rejected[mid],
+                        f"{w.epsilons[-1]:g}",
+                        w.accuracy[-1],
+                        w.rejected[-1],
+                        w.auc(),
+                    ]
+                )
+    header = [
+        "model",
+        "norm",
+        "clean accuracy",
+        "eps",
+        "worst-case accuracy",
+        "rejected",
+        "largest eps",
+        "worst-case accuracy",
+        "rejected",
+        "AUC",
+    ]
+    page.table(header, rows)
+    n_flags = len(ev.checks)
+    page.flag(
+        f"{n_flags} attack-failure flag(s); see below." if n_flags else "All attack-failure checks passed.",
+        level="warn" if n_flags else "ok",
+    )
+    if ev.incomplete:
+        page.flag(
+            f"{len(ev.incomplete)} (model, attack, epsilon) groups are incomplete (interrupted run?) and "
+            "are left out of the curves; re-run the same command to finish them.",
+            level="warn",
+        )
+    for model in ev.models:
+        _model_section(page, ev, model)
+    _examples_section(page, ev, classes)
+    _checks_section(page, ev)
+    _metadata_section(page, ev)
+    return page
+
+
+def write_report(ev: Evaluation, path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Render and write the report (atomically)."""
+    return build_report(ev, title).write(path)
