@@ -72,7 +72,9 @@ class Settings:
     batch_size: int = 64
     width: float = 0.25
     layer: str = "pool1"
-    deepfool_layer: str = "pool2"
+    # "auto": the layer of ``layers`` with the best detectability on the validation split (the paper
+    # attached DeepFool's detector deeper, AD(4); on another network the best depth differs)
+    deepfool_layer: str = "auto"
     deepfool_candidates: int = 10
     deepfool_steps: int = 50
     linf_unit: float = 0.08
@@ -213,7 +215,7 @@ def static_phase(st: State, advs: list[Adversary]) -> None:
     """Fig. 2 left: one detector per adversary and epsilon; its detectability on the test set."""
     rows = []
     task = st.bar.add("static adversaries", sum(len(a.epsilons) for a in advs))
-    for adv in advs:
+    for i, adv in enumerate(advs):
         for units, eps in zip(adv.units, adv.epsilons):
             threat = ThreatModel(adv.norm, eps)
             gen = torch.Generator().manual_seed(st.settings.seed)
@@ -223,6 +225,8 @@ def static_phase(st: State, advs: list[Adversary]) -> None:
                 if name != "dynamic"
             }
             st.adversarial[(adv.key, eps)] = sets
+            if adv.layer == "auto":
+                adv = advs[i] = _select_layer(st, adv, eps)  # later phases see the choice
             det = _train(st, adv, eps, adv.layer)
             test = st.splits["test"]
             rows.append(
@@ -240,6 +244,16 @@ def static_phase(st: State, advs: list[Adversary]) -> None:
             st.bar.advance(task)
     st.results["static"] = rows
     st.results["eps_star"] = {a.key: _eps_star(rows, a.key) for a in advs}
+
+
+def _select_layer(st: State, adv: Adversary, eps: float) -> Adversary:
+    """``adv`` attached at the layer of ``settings.layers`` that detects best on validation data."""
+    va, scores = st.splits["val"], {}
+    for layer in st.settings.layers:
+        det = _train(st, adv, eps, layer)  # cached: the depth analysis reuses these detectors
+        scores[layer] = detectability(det, va.x, st.adversarial[(adv.key, eps)]["val"]).accuracy
+    st.results.setdefault("layer_selection", {})[adv.key] = scores
+    return replace(adv, layer=max(scores, key=lambda k: scores[k]))
 
 
 def _eps_star(rows: list[dict[str, Any]], key: str) -> float:

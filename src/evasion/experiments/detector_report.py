@@ -350,12 +350,24 @@ def _examples(page: Page, examples: list[R]) -> None:
     page.image_grid(grid, ["clean", "adversarial", "perturbation"], cell_width=96)
 
 
+def _deepfool_layers(results: R) -> str:
+    """DeepFool's attachment layer(s), with the validation detectability they were chosen by."""
+    chosen = sorted({r["layer"] for r in results["static"] if r["adversary"].startswith("deepfool")})
+    sel = results.get("layer_selection", {})
+    if not sel:
+        return ", ".join(chosen) or results["settings"]["deepfool_layer"]
+    scores = "; ".join(
+        f"{key}: " + ", ".join(f"{layer} {v:.3f}" for layer, v in row.items()) for key, row in sel.items()
+    )
+    return f"{', '.join(chosen)}, chosen by validation detectability ({scores})"
+
+
 def _setup(results: R) -> list[str]:
     s, w = results["settings"], results["settings"]["width"]
     return [
         f"Classifier mnist-cnn, clean test accuracy {results['clean_accuracy']:.3f}. Detector: the paper's architecture "
         f"(width {w:g}: {round(96 * w)}/{round(192 * w)}/{round(192 * w)} channels), attached at {s['layer']} "
-        f"(DeepFool: {s['deepfool_layer']}), trained {s['epochs']} epochs with Adam (lr {s['lr']:g}, betas "
+        f"(DeepFool: {_deepfool_layers(results)}), trained {s['epochs']} epochs with Adam (lr {s['lr']:g}, betas "
         "0.99/0.999) on cached features of the frozen classifier, model selection on the validation split.",
         f"Epsilons: one paper unit ([0, 255] on CIFAR) = {s['linf_unit']:g} in L∞ and {s['l2_unit']:.4f} in L2 on "
         "MNIST (same per-pixel size on 784 instead of 3072 dimensions); MNIST needs larger perturbations than CIFAR.",
