@@ -54,3 +54,12 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     x[4:8, :, -2:] = 1.0
     y = torch.randint(0, 10, (24,), generator=g)
     return x, y
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from threads, and on a busy machine they spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from evasion.cli.main import main
 
@@ -49,12 +48,7 @@ params = {{ steps = {steps} }}
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tmp_path: Path, samples: int = 40, batch: int = 20, steps: int = 5) -> Path:

@@ -98,12 +98,7 @@ def system(clf: models.Classifier, config: Config) -> DetectedClassifier:
     return defended
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Retrained(Exception):

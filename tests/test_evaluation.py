@@ -50,13 +50,7 @@ class ThresholdReject(Classifier):
 LINF = [0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine threads spin: use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_api_curve_shapes_and_invariants():

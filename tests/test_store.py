@@ -18,13 +18,7 @@ from evasion.evaluation import AttackSpec, ProgressEvent
 from evasion.models.classifier import Classifier
 from evasion.store import RunStore, find_run, list_runs, summarize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model() -> Classifier:

@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> None:
         description="Security evaluation: accuracy vs. perturbation budget per attack and worst case, "
         "attack-failure checks, an HTML report. Without CONFIG it runs the embedded default "
         "(mnist-cnn undefended, with a reject option and with a detector subnetwork on layer pool1, "
-        "on 300 mnist5k test images; FGSM, PGD-Linf, APGD, DeepFool, C&W, PGD-L2 and the dynamic "
+        "on 200 mnist5k test images; FGSM, PGD-Linf, APGD, DeepFool, C&W, PGD-L2 and the dynamic "
         "adversary, an adaptive attack on classifier and detector together; the detector is trained "
         "once, about 15 s, and cached). "
         "Re-running the same command resumes an interrupted run and computes only what is new.",
