@@ -23,6 +23,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULT_FILES = {"detector": "results.json", "icub": "icub-results.json"}
+QUIET = {"detector"}  # experiments with progress bars to turn into log lines
 
 
 def _load() -> list[float]:
@@ -31,8 +32,8 @@ def _load() -> list[float]:
 
 def run(experiment: str, quick: bool, out: Path, extra: list[str]) -> dict[str, Any]:
     """Run the reproduction once; its timings and results as a JSON-able dict."""
-    cmd = [sys.executable, "-m", "evasion.cli.main", "reproduce", experiment, "--out", str(out), "--quiet"]
-    cmd += (["--quick"] if quick else []) + extra
+    cmd = [sys.executable, "-m", "evasion.cli.main", "reproduce", experiment, "--out", str(out)]
+    cmd += (["--quick"] if quick else []) + (["--quiet"] if experiment in QUIET else []) + extra
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before, t0 = _load(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
