@@ -184,7 +184,9 @@ def _single_run(
             rows, xs, loss_go = idx, xa.detach(), loss
         else:
             rows, xs, grads, loss_go = idx[go], xa.detach()[go], [g[go] for g in grads], loss[go]
-        x[rows] = rule.step(ctx, xs, grads, value.weights, loss_go, rows, t)
+        nxt = rule.step(ctx, xs, grads, value.weights, loss_go, rows, t)
+        # out of place: ``x`` may be a tensor the step rule returned (and keeps), never written into
+        x = nxt if full and rows.numel() == n else x.index_put((rows,), nxt)
     return best
 
 
@@ -209,6 +211,13 @@ def _keep_best(
         old_succ, old_loss = best.success[idx], best.objective[idx]
         better = (succ & ~old_succ) | ((succ == old_succ) & (loss > old_loss))
         better |= ~torch.isfinite(old_loss) & ~old_succ  # the very first evaluation always counts
+    if idx.numel() == best.success.numel():  # the whole batch: masked writes, no gather/scatter
+        b = better.reshape((-1,) + (1,) * (x.dim() - 1))
+        best.adversarial.copy_(torch.where(b, x, best.adversarial))
+        best.predictions.copy_(torch.where(better, preds, best.predictions))
+        best.success.copy_(torch.where(better, succ, best.success))
+        best.objective.copy_(torch.where(better, loss.to(best.objective.dtype), best.objective))
+        return
     rows = idx[better]
     best.adversarial[rows] = x[better]
     best.predictions[rows] = preds[better]
