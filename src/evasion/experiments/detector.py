@@ -453,7 +453,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="reduced CI-sized run (under 3 minutes on 2 cores)"
     )
-    parser.add_argument("--out", type=Path, default=Path("out/reproduce/detector"), help="output folder")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default runs/detector[-quick])"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
@@ -472,10 +474,11 @@ def run(args: argparse.Namespace) -> int:
     results["environment"] = environment(device)
     results["acceptance"] = acceptance(results)
     examples = results.pop("examples")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    render(results, examples).write(args.out / "report.html")
-    print(f"detector reproduction ({settings.name}) in {results['seconds']:.0f} s -> {args.out}/report.html")
+    out = args.out or Path("runs") / ("detector-quick" if args.quick else "detector")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    render(results, examples).write(out / "report.html")
+    print(f"detector reproduction ({settings.name}) in {results['seconds']:.0f} s -> {out}/report.html")
     for item in results["acceptance"]:
         print(f"  [{'ok' if item['ok'] else 'FAIL'}] {item['text']}")
     return 0
