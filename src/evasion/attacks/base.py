@@ -313,6 +313,13 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def check_fraction(name: str, value: float) -> None:
+    """Config validation helper: a number in (0, 1]."""
+    check_positive(name, value)
+    if value > 1:
+        raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
+
+
 def check_int(name: str, value: int, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.classifier import REJECT, Classifier, as_classifier
 from ..threat_model import ThreatModel
-from .base import AttackResult, Problem, check_int, check_positive
+from .base import AttackResult, Problem, check_fraction, check_int, check_positive
 from .iterative import IterativeAttack
 from .loop import LoopSettings, run_loop
 from .losses import LossObjective, Objective, ObjectiveValue, get_loss, other_max
@@ -176,24 +176,13 @@ class MaxConfidence(IterativeAttack):
         if not isinstance(self.line_search, bool):
             raise ConfigError(f"line_search must be True or False, got {self.line_search!r}")
         check_int("line_search_tries", self.line_search_tries, 1)
-        check_positive("l1_fraction", self.l1_fraction)
-        if self.l1_fraction > 1:
-            raise ConfigError(f"l1_fraction must be in (0, 1], got {self.l1_fraction}")
+        check_fraction("l1_fraction", self.l1_fraction)
 
     def objective(self, problem: Problem) -> Objective:
         return MaxConfidenceObjective() if self.loss == "margin" else LossObjective(get_loss(self.loss))
 
     def settings(self, problem: Problem) -> LoopSettings:
-        base = super().settings(problem)
-        return LoopSettings(
-            steps=base.steps,
-            step_size=base.step_size,
-            early_stop=base.early_stop,
-            keep=base.keep,
-            tolerance=self.tolerance,
-            trace=base.trace,
-            l1_fraction=self.l1_fraction,
-        )
+        return replace(super().settings(problem), tolerance=self.tolerance, l1_fraction=self.l1_fraction)
 
     def _run(self, problem: Problem) -> AttackResult:
         _check_free_pixels(problem)

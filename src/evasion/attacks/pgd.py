@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from ..errors import ConfigError
-from .base import Problem, check_int, check_positive
+from .base import Problem, check_fraction, check_int
 from .iterative import IterativeAttack
 from .loop import LoopSettings
 
@@ -32,21 +32,14 @@ class PGD(IterativeAttack):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("restarts", self.restarts, 1)
-        check_positive("l1_fraction", self.l1_fraction)
-        if self.l1_fraction > 1:
-            raise ConfigError(f"l1_fraction must be in (0, 1], got {self.l1_fraction}")
+        check_fraction("l1_fraction", self.l1_fraction)
         if self.restarts > 1 and not self.random_start:
             raise ConfigError("restarts > 1 needs random_start=True (otherwise every restart is identical)")
 
     def settings(self, problem: Problem) -> LoopSettings:
-        base = super().settings(problem)
-        return LoopSettings(
-            steps=base.steps,
-            step_size=base.step_size,
+        return replace(
+            super().settings(problem),
             random_start=self.random_start,
             restarts=self.restarts,
-            early_stop=base.early_stop,
-            keep=base.keep,
-            trace=base.trace,
             l1_fraction=self.l1_fraction,
         )
