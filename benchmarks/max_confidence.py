@@ -174,8 +174,8 @@ def bench_features(s: dict[str, Any], steps: int, repeats: int, secml_python: st
     )
     eps = 10.0  # feature space: the nearest other-class training features are ~30-40 away
     cfg = {
-        "C": head.c,
-        "gamma": head.gamma,
+        "C": head.c_,
+        "gamma": head.gamma_,
         "eps": eps,
         "lb": 0.0,
         "ub": ub,
@@ -197,8 +197,8 @@ def bench_features(s: dict[str, Any], steps: int, repeats: int, secml_python: st
         "images": n,
         "features": head.in_features,
         "support_vectors": int(head.support.shape[0]),
-        "C": head.c,
-        "gamma": head.gamma,
+        "C": head.c_,
+        "gamma": head.gamma_,
         "epsilon_l2": eps,
         "steps": steps,
         "success_rate": {

@@ -29,6 +29,32 @@ def test_help_lists_commands(capsys):
         assert command in out
 
 
+_WITHOUT_EXTRAS = """
+import sys
+
+class Missing:  # as if the optional extras were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"pybullet", "ray", "matplotlib"}:
+            raise ImportError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, Missing())
+from evasion.cli.main import main
+try:
+    main(sys.argv[1:])
+finally:
+    print("experiments imported:", any(m.startswith("evasion.experiments") for m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["reproduce", "--help"], ["reproduce", "icub", "--help"]])
+def test_help_needs_no_optional_extras_and_no_experiment(args):
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: evasion" in proc.stdout and "experiments imported: False" in proc.stdout
+
+
 def test_zoo_and_datasets_list(capsys):
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out

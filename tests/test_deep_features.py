@@ -48,7 +48,7 @@ def test_cross_validation_uses_the_papers_grids_and_shares_work():
     assert all(grid.reject_accuracy[k] <= grid.accuracy[k] for k in grid.accuracy)
     plain, adv = RBFSVMHead().fit(z, y, cv=grid), RBFSVMHead(cv_threshold=0.0).fit(z, y, cv=grid)
     assert plain.cv is grid and adv.cv is grid
-    assert (plain.c, plain.gamma) == grid.best() and (adv.c, adv.gamma) == grid.best(reject=True)
+    assert (plain.c_, plain.gamma_) == grid.best() and (adv.c_, adv.gamma_) == grid.best(reject=True)
 
 
 def test_predicting_before_fitting_is_a_clear_error():

@@ -1,4 +1,5 @@
-"""`evasion evaluate` with defense = "detector": parameters, detection, FPR calibration, the cache."""
+"""`evasion evaluate` with defense = "detector" (built by `evasion.build`): parameters, detection, FPR
+calibration, the cache."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from evasion import datasets, models
+from evasion import _cache, build, datasets, defenses, models
 from evasion._cache import cache_dir
-from evasion.cli import evaluate as cli
 from evasion.cli.main import main
 from evasion.config import Config, ModelConfig, parse_config
-from evasion.defenses import cached
+from evasion.defenses import static_detector
 from evasion.defenses.detected import DetectedClassifier
 from evasion.defenses.detector_training import adversarial_examples
 from evasion.errors import ConfigError, UnknownNameError
@@ -91,7 +91,7 @@ def system(clf: models.Classifier, config: Config) -> DetectedClassifier:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        defended = cli.DEFENCES["detector"](clf, model_config(**SMALL), config)
+        defended = build.defend(clf, model_config(**SMALL), config)
     finally:
         torch.set_num_threads(before)
     assert isinstance(defended, DetectedClassifier)
@@ -142,9 +142,9 @@ def _split(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, tor
     ],
 )
 def test_bad_defense_params_name_the_key_and_the_value(clf, config, monkeypatch, params, words):
-    monkeypatch.setattr(cli, "_train_detector", _no_training)
+    monkeypatch.setattr(static_detector, "train_static_detector", _no_training)
     with pytest.raises(ConfigError) as info:
-        cli.DEFENCES["detector"](clf, model_config(**params), config)
+        build.defend(clf, model_config(**params), config)
     text = str(info.value)
     assert "\n" not in text and "mnist-cnn+detector" in text, text
     assert all(w in text for w in words), text
@@ -161,11 +161,11 @@ def test_bad_defense_params_in_a_config_file_give_one_line_and_exit_2(cache, tmp
 
 def test_unknown_layer_lists_the_valid_names(clf, config):
     with pytest.raises(UnknownNameError) as info:
-        cli.DEFENCES["detector"](clf, model_config(layer="pool9"), config)
+        build.defend(clf, model_config(layer="pool9"), config)
     text = str(info.value)
     assert "unknown layer 'pool9'" in text and "pool1" in text and "conv2" in text, text
     with pytest.raises(ConfigError, match="not a feature map"):  # a flat layer: no paper detector
-        cli.DEFENCES["detector"](clf, model_config(layer="fc1"), config)
+        build.defend(clf, model_config(layer="fc1"), config)
 
 
 # -- the trained defence -------------------------------------------------------------------------
@@ -173,35 +173,36 @@ def test_rejects_its_adversarial_examples_and_accepts_clean_points(clf, system, 
     assert system.name == "mnist-cnn+detector" and system.detector.layer == "pool1" and system.rejects
     assert len(_entries(cache)) == 1
     x, y, x_val, _ = _split()
-    params = cli._detector_params(model_config(**SMALL))
-    assert params["attack"] == "bim" and params["epsilon"] == cli.DETECTOR_DEFAULTS["epsilon"]
-    attack = cli._training_attack(model_config(**SMALL), params)
-    adv = adversarial_examples(clf, x, y, attack, ThreatModel("linf", params["epsilon"]))
+    params = defenses.parameters("detector", SMALL)
+    assert isinstance(params, defenses.DetectorParams)
+    assert params.attack == "bim" and params.epsilon == defenses.DetectorParams().epsilon
+    attack = static_detector.training_attack(params)
+    adv = adversarial_examples(clf, x, y, attack, ThreatModel("linf", params.epsilon))
     assert float((clf.predict(adv) == y).float().mean()) < 0.5, "the training attack should work"
     rejected = float((system.predict(adv) == REJECT).float().mean())
     assert rejected >= 0.9, rejected
     val_fpr = float((system.predict(x_val) == REJECT).float().mean())
-    assert val_fpr <= params["fpr"] + 1e-9, val_fpr  # the calibration, on the held-out points
+    assert val_fpr <= params.fpr + 1e-9, val_fpr  # the calibration, on the held-out points
     test = datasets.load("mnist5k", split="test")
     test_fpr = float((system.predict(test.x[:200]) == REJECT).float().mean())
-    assert test_fpr <= params["fpr"] + 0.1, test_fpr  # and roughly on unseen clean data
+    assert test_fpr <= params.fpr + 0.1, test_fpr  # and roughly on unseen clean data
 
 
 def test_second_build_loads_from_the_cache(clf, config, system, cache, monkeypatch):
-    monkeypatch.setattr(cli, "_train_detector", _no_training)
-    again = cli.DEFENCES["detector"](clf, model_config(**SMALL, layer="pool1"), config)  # explicit default
+    monkeypatch.setattr(static_detector, "train_static_detector", _no_training)
+    again = build.defend(clf, model_config(**SMALL, layer="pool1"), config)  # explicit default
     assert isinstance(again, DetectedClassifier) and again.threshold == system.threshold
     x = _split()[2]
     assert torch.equal(again(x), system(x))
     assert torch.equal(again.predict(x), system.predict(x))
     with pytest.raises(Retrained):  # another parameter, another entry
-        cli.DEFENCES["detector"](clf, model_config(**SMALL, fpr=0.1), config)
+        build.defend(clf, model_config(**SMALL, fpr=0.1), config)
 
 
 def test_evaluate_with_the_dynamic_adversary_uses_the_cached_detector(
     system, cache, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(cli, "_train_detector", _no_training)
+    monkeypatch.setattr(static_detector, "train_static_detector", _no_training)
     cfg = tmp_path / "c.toml"
     cfg.write_text(TOML.format(params="{ samples = 200, epochs = 1 }"))
     assert main(["evaluate", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--no-report"]) == 0
@@ -216,22 +217,25 @@ def test_corrupt_cache_file_is_detected_and_retrained(clf, config, system, cache
     damaged[len(damaged) // 2] ^= 0xFF
     entry.write_bytes(bytes(damaged))
     calls = []
-    train = cli._train_detector
-    monkeypatch.setattr(cli, "_train_detector", lambda *a, **k: calls.append(1) or train(*a, **k))
+    train = static_detector.train_static_detector
+    monkeypatch.setattr(
+        static_detector, "train_static_detector", lambda *a, **k: calls.append(1) or train(*a, **k)
+    )
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        again = cli.DEFENCES["detector"](clf, model_config(**SMALL), config)
+        again = build.defend(clf, model_config(**SMALL), config)
     assert calls == [1] and entry.read_bytes() != bytes(damaged)
     assert again.threshold == system.threshold  # seeded training: the same detector again
     x = _split()[2]
     assert torch.allclose(again(x), system(x), atol=1e-5)
     sidecar = entry.with_suffix(".json")
-    assert cached._read(entry, sidecar, entry.stem, "detector", None) is not None
+    key = {"key": entry.stem}
+    assert _cache._read(entry, sidecar, key, "detector", None) is not None
     entry.write_bytes(b"not a torch file")
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        assert cached._read(entry, sidecar, entry.stem, "detector", None) is None
+        assert _cache._read(entry, sidecar, key, "detector", None) is None
     entry.write_bytes(good)  # a good file under the wrong key is stale; a missing sidecar is unreadable
     with pytest.warns(RuntimeWarning, match="stale"):
-        assert cached._read(entry, sidecar, "0" * 24, "detector", None) is None
+        assert _cache._read(entry, sidecar, {"key": "0" * 24}, "detector", None) is None
     sidecar.unlink()
     with pytest.warns(RuntimeWarning, match="cannot be read"):
-        assert cached._read(entry, sidecar, entry.stem, "detector", None) is None
+        assert _cache._read(entry, sidecar, key, "detector", None) is None

@@ -12,7 +12,7 @@ from torch import nn
 
 from evasion import ThreatModel, attacks, evaluate
 from evasion.errors import ConfigError, InputError, UnknownNameError
-from evasion.evaluation import AttackSpec, Evaluation, ProgressEvent, SecurityCurve
+from evasion.evaluation import CHECKS, AttackSpec, Evaluation, ProgressEvent, SecurityCurve
 from evasion.models.classifier import REJECT, Classifier
 
 from .conftest import make_tiny_cnn
@@ -61,7 +61,7 @@ def test_api_curve_shapes_and_invariants():
         AttackSpec(attacks.PGD(steps=10), "linf", LINF, name="pgd"),
         AttackSpec(attacks.DeepFool(steps=20), "l2", [0.2, 0.5, 1.0]),
     ]
-    ev = evaluate({"lin": model}, (x, y), specs, batch_size=8)
+    ev = evaluate({"lin": model}, (x, y), specs, batch_size=8, self_check=False)
     assert isinstance(ev, Evaluation)
     c = ev.curve("lin", "pgd")
     assert isinstance(c, SecurityCurve)
@@ -156,8 +156,10 @@ def test_warm_start_continues_from_the_previous_points():
     x, y = data()
     grid = [0.02, 0.04, 0.08]
     pgd = attacks.PGD(steps=6)
-    warm = evaluate({"m": model}, (x, y), AttackSpec(pgd, "linf", grid, warm_start=True, warm_steps=3))
-    cold = evaluate({"m": model}, (x, y), AttackSpec(pgd, "linf", grid))
+    warm = evaluate(
+        {"m": model}, (x, y), AttackSpec(pgd, "linf", grid, warm_start=True, warm_steps=3), self_check=False
+    )
+    cold = evaluate({"m": model}, (x, y), AttackSpec(pgd, "linf", grid), self_check=False)
     for ev in (warm, cold):
         acc = ev.curve("m", "pgd-linf").accuracy
         assert all(b <= a for a, b in itertools.pairwise(acc))
@@ -311,13 +313,18 @@ def test_black_box_beating_white_box_is_flagged():
         AttackSpec(weak, "linf", [0.3], name="white"),
         AttackSpec(_BlackBox(steps=20), "linf", [0.3], name="bb"),
     ]
-    ev = evaluate({"m": model}, (x, y), specs)
+    ev = evaluate({"m": model}, (x, y), specs, self_check=False)
     assert any(c.code == "black-box-beats-white-box" and c.attack == "bb" for c in ev.checks)
     assert all(
         c.level == "ok"
         for c in ev.checks_run
         if c.code == "black-box-beats-white-box" and c.attack == "white"
     )
+    # with the self-check, a strong white-box attack breaks those points itself (a linear model
+    # masks nothing): the flag then says the white-box attack was weak, not the gradients masked
+    checked = evaluate({"m": model}, (x, y), specs)
+    assert any(c.code == "self-check" and "white" in c.message for c in checked.checks)
+    assert not any(c.code == "black-box-beats-white-box" for c in checked.checks)
 
 
 def test_evaluation_is_deterministic_and_independent_of_the_batch_order():
@@ -366,7 +373,8 @@ def test_progress_events():
     )
     assert events[0].kind == "start" and events[-1].kind == "finish"
     cells = [e for e in events if e.kind == "cell"]
-    assert len(cells) == events[0].total == sum(events[0].groups.values()) == 3 + 2 * 3
+    # 3 clean cells, FGSM at 2 epsilons x 3 batches, and the self-check at the same 6 cells
+    assert len(cells) == events[0].total == sum(events[0].groups.values()) == 3 + 2 * 3 + 2 * 3
     assert [e.done for e in cells] == list(range(1, len(cells) + 1))
 
 
@@ -399,3 +407,185 @@ def test_bad_evaluate_inputs():
         evaluate({"m": linear_model()}, (x, y[:3]), spec)
     with pytest.raises(InputError):
         evaluate({"m": linear_model()}, (x * 5, y), spec)
+
+
+# -- attack-failure checks: the table reproduces the documented thresholds and wording ----------------
+def _flagged_records() -> Evaluation:
+    """Hand-made records that raise every check at a known count and epsilon."""
+    from evasion.evaluation import Cell, CellOutput, SpecInfo
+    from evasion.evaluation.records import ATTACK_COLUMNS, CLEAN_COLUMNS, SOURCES, empty_columns
+
+    n = 10
+    clean = empty_columns(CLEAN_COLUMNS, n)
+    clean["index"][:] = np.arange(n)
+    clean["label"][:] = clean["prediction"][:] = clean["repeat_prediction"][:] = 1
+    clean["score_change"][2] = 3e-4
+    outs = [CellOutput(Cell("clean", "m", "", 0.0, 0), clean)]
+
+    def cols(**rows: dict[int, object]) -> dict[str, np.ndarray]:
+        c = empty_columns(ATTACK_COLUMNS, n)
+        c["index"][:] = np.arange(n)
+        c["label"][:] = c["prediction"][:] = 1
+        c["in_budget"][:] = True
+        c["source"][:] = SOURCES.index("attack")
+        for key, values in rows.items():
+            for r, v in values.items():
+                c[key][r] = v
+        return c
+
+    low = cols(
+        reported_success={0: True, 1: True},
+        zero_grad={5: 2, 6: 1},
+        improving={7: True},
+        success={8: True},
+        prediction={8: 0},
+        source={9: SOURCES.index("inherited")},
+    )
+    high = cols(
+        reported_success={0: True},
+        in_budget={3: False, 4: False},
+        nonfinite_grad={2: 1, 3: 1, 4: 1},
+        zero_grad={5: 1},
+        improving={6: True, 7: True},
+        success={8: True, 9: True},
+        prediction={8: 0, 9: 0},
+    )
+    black = cols(success={0: True, 1: True}, prediction={0: 2, 1: 2})
+    search = cols(minimal_norm={i: 0.5 if i not in (3, 4) else math.inf for i in range(n)})
+    search["source"][:] = SOURCES.index("search")
+    outs += [
+        CellOutput(Cell("budget", "m", "a", 0.1, 0), low),
+        CellOutput(Cell("budget", "m", "a", 0.2, 0), high),
+        CellOutput(Cell("budget", "m", "bb", 0.2, 0), black),
+        CellOutput(Cell("search", "m", "mn", math.inf, 0), search),
+    ]
+    specs = [
+        SpecInfo("a", "linf", (0.0, 0.1, 0.2), "A()", "a"),
+        SpecInfo("bb", "linf", (0.0, 0.2), "B()", "bb", black_box=True),
+        SpecInfo("mn", "l2", (0.0,), "M()", "mn", minimum_norm=True),
+    ]
+    return Evaluation.from_outputs(["m"], specs, n, outs)
+
+
+def test_every_check_fires_with_the_documented_count_epsilon_and_message():
+    ev = _flagged_records()
+    flagged = [c.to_dict() for c in ev.checks]
+    assert flagged == [
+        {"code": "randomness", "level": "warn", "model": "m", "attack": "", "epsilon": 0.0, "count": 1,
+         "total": 10, "message": "scores changed by up to 0.0003 between identical calls (predictions did not)"},
+        {"code": "silent-success", "level": "bad", "model": "m", "attack": "a", "epsilon": 0.1, "count": 3,
+         "total": 19, "message": "3 points the attack called adversarial are not (fresh prediction "
+         "disagrees); they were counted as not broken"},
+        {"code": "out-of-budget", "level": "bad", "model": "m", "attack": "a", "epsilon": 0.2, "count": 2,
+         "total": 19, "message": "2 returned points lie outside the epsilon-ball or the box; they were "
+         "counted as not broken"},
+        {"code": "nonfinite-gradients", "level": "bad", "model": "m", "attack": "a", "epsilon": 0.2,
+         "count": 3, "total": 19, "message": "3 samples had NaN/inf input gradients (numerically unstable "
+         "model or loss): the attack could not follow them"},
+        {"code": "zero-gradients", "level": "warn", "model": "m", "attack": "a", "epsilon": 0.1, "count": 3,
+         "total": 16, "message": "3 unbroken samples had all-zero input gradients (saturated loss or "
+         "gradient masking): try the margin/DLR loss or a black-box attack"},
+        {"code": "incomplete-optimisation", "level": "warn", "model": "m", "attack": "a", "epsilon": 0.2,
+         "count": 3, "total": 16, "message": "the objective was still rising at the last step for 3 of 16 "
+         "unbroken samples: more steps would likely break more"},
+        {"code": "unbounded-not-zero", "level": "warn", "model": "m", "attack": "mn", "epsilon": "inf",
+         "count": 2, "total": 10, "message": "without a budget the attack left 2 samples (20.0%) unbroken; "
+         "an unbounded attack should reach ~0% accuracy: it is failing, not the model robust"},
+        {"code": "black-box-beats-white-box", "level": "warn", "model": "m", "attack": "bb", "epsilon": 0.2,
+         "count": 2, "total": 10, "message": "the black-box attack bb broke 2 samples that no white-box "
+         "attack broke at epsilon 0.2: the gradients are probably masked"},
+    ]  # fmt: skip
+    passed = [c for c in ev.checks_run if c.level == "ok"]
+    assert len(passed) == 10 and all(c.message == f"{CHECKS[c.code]}: none" for c in passed)
+
+
+def test_the_check_table_matches_the_docs():
+    from pathlib import Path
+
+    from evasion.evaluation.checks import (
+        ATTACK_CHECKS,
+        INCOMPLETE_FRACTION,
+        SCORE_TOLERANCE,
+        UNBOUNDED_ACCURACY,
+    )
+
+    docs = (Path(__file__).parents[1] / "docs" / "attack-failure-checks.md").read_text()
+    assert [c.code for c in ATTACK_CHECKS] == list(CHECKS)[1:6]
+    for code in CHECKS:
+        assert f"**`{code}`" in docs
+    assert (INCOMPLETE_FRACTION, UNBOUNDED_ACCURACY, SCORE_TOLERANCE) == (0.05, 0.01, 1e-4)
+    assert "more than 5%" in docs and "more than 1%" in docs and "1e-4" in docs
+
+
+# -- the Evaluation record ---------------------------------------------------------------------------
+def test_an_evaluation_is_frozen_and_computes_its_checks_once():
+    import dataclasses
+
+    ev = _flagged_records()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ev.samples = 3  # type: ignore[misc]
+    assert ev.checks_run is not ev.checks_run and ev._all_checks is ev._all_checks
+    more = ev.with_examples([])
+    assert more is not ev and more.to_dict() == ev.to_dict()
+
+
+# -- engines ------------------------------------------------------------------------------------------
+def test_the_local_engine_is_the_default_loop():
+    from evasion.engines import LocalEngine
+    from evasion.evaluation import Engine
+
+    engine: Engine = LocalEngine()  # implements the protocol (checked by mypy)
+    x, y = data(20)
+    spec = [AttackSpec(attacks.PGD(steps=5), "linf", [0.1, 0.3]), AttackSpec(attacks.DeepFool(), "l2", [0.5])]
+    default = evaluate({"m": linear_model()}, (x, y), spec, batch_size=8)
+    local = evaluate({"m": linear_model()}, (x, y), spec, batch_size=8, engine=engine)
+    assert default.to_dict() == local.to_dict()
+    assert [r.norm_value for r in default.records] == [r.norm_value for r in local.records]
+
+
+# -- fingerprints -------------------------------------------------------------------------------------
+def test_fingerprint_of_float32_weights_is_their_raw_bytes():
+    import hashlib
+
+    from evasion.evaluation.engine import fingerprint
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    h = hashlib.sha256(b"Sequential")
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    assert fingerprint(net) == h.hexdigest()[:16]
+
+
+def test_fingerprint_of_bfloat16_weights():
+    from evasion.evaluation.engine import fingerprint
+
+    torch.manual_seed(0)
+    half = nn.Linear(4, 3).to(torch.bfloat16)
+    same = nn.Linear(4, 3)
+    same.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    # bfloat16 values hash as the float32 values they are; another model hashes differently
+    assert fingerprint(half) == fingerprint(same)
+    with torch.no_grad():
+        half.weight[0, 0] += 1
+    assert fingerprint(half) != fingerprint(same)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fingerprint_of_cuda_weights():
+    from evasion.evaluation.engine import fingerprint
+
+    net = nn.Linear(4, 3)
+    cpu = fingerprint(net)
+    assert fingerprint(net.cuda()) == cpu
+    assert fingerprint(net.to(torch.bfloat16)) == fingerprint(net.to(torch.bfloat16).cpu())
+
+
+def test_epsilon_grids_are_parsed_by_the_shared_checker():
+    from evasion.evaluation import check_epsilons
+
+    assert check_epsilons([0.3, 0.1, 0.1]) == (0.0, 0.1, 0.3)
+    assert check_epsilons(torch.tensor([0.25], dtype=torch.float64)) == (0.0, 0.25)
+    for bad in ("0.1", [True], [-1.0], [math.inf], []):
+        with pytest.raises(ConfigError, match="epsilons"):
+            check_epsilons(bad)

@@ -67,7 +67,7 @@ def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("retrained a valid cached model")
 
-    monkeypatch.setattr(zoo, "_train_and_cache", no_training)
+    monkeypatch.setattr(zoo, "_train", no_training)
 
 
 # -- registry -------------------------------------------------------------------------------
@@ -201,11 +201,11 @@ def test_stale_or_unreadable_cache_is_retrained(
         sidecar.write_text("{not json")
     retrained = []
 
-    def fake_training(recipe: zoo.Recipe, weights: Path, sidecar: Path) -> nn.Module:
+    def fake_training(recipe: zoo.Recipe) -> tuple[nn.Module, dict[str, object]]:
         retrained.append(recipe.name)
-        return small.digits_mlp()
+        return small.digits_mlp(), {}
 
-    monkeypatch.setattr(zoo, "_train_and_cache", fake_training)
+    monkeypatch.setattr(zoo, "_train", fake_training)
     with pytest.warns(RuntimeWarning, match="retraining"):
         models.load("digits-mlp")
     assert retrained == ["digits-mlp"]

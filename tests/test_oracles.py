@@ -101,7 +101,10 @@ def test_fgsm_l2_equals_normalised_gradient_step(batch):
     step = g2 / g2.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
     r = attacks.FGSM(early_stop=False, keep="last")(model, inner, y, threat=ThreatModel("l2", 0.1))
     assert torch.allclose(r.adversarial, (inner + 0.1 * step).clamp(0, 1), atol=1e-6)
-    assert g.shape == x.shape
+    # on the raw batch (pixels on the box edges) the same step is clipped into the box, not rescaled
+    raw = attacks.FGSM(early_stop=False, keep="last")(model, x, y, threat=ThreatModel("l2", 0.1))
+    unit = g / g.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+    assert torch.allclose(raw.adversarial, (x + 0.1 * unit).clamp(0, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("p", ["linf", "l2", "l1"])

@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from importlib.util import find_spec
 
 import pytest
 import torch
 
 from evasion.cli.main import main
+from evasion.evaluation.sensitivity import FeatureSensitivity
 from evasion.experiments import icub, icub_report
+from evasion.experiments.icub_records import (
+    BaselineCurve,
+    CurvePoints,
+    ExampleFacts,
+    FigureImage,
+    Figures,
+    FitFacts,
+    IcubResults,
+    LinearCheck,
+    ModelFacts,
+    SensitivityResult,
+    SetInfo,
+    SplitFacts,
+    StickerStudy,
+)
 
 
-def _curve(acc: list[float], rej: list[float]) -> dict[str, list[float]]:
+def _curve(acc: list[float], rej: list[float]) -> CurvePoints:
     eps = [0.0, 0.1, 0.2]
     defended = [a + (r if e > 0 else 0.0) for e, a, r in zip(eps, acc, rej)]
     mis = [1 - d for d in defended]
-    return {"epsilons": eps, "accuracy": acc, "rejected": rej, "defended": defended, "misclassified": mis}
+    return CurvePoints(eps, acc, rej, defended, mis)
 
 
-def _results() -> dict:
+def _results(**changes: object) -> IcubResults:
     split_curves = {
         attack: {
             "SVM": _curve([0.9, 0.3, 0.0], [0, 0, 0]),
@@ -30,85 +47,98 @@ def _results() -> dict:
         }
         for attack in ("error-generic", "error-specific")
     }
-    model = {
-        "C": 1.0,
-        "gamma": None,
-        "support_vectors": 10,
-        "clean_accuracy": 0.9,
-        "clean_rejected": 0.0,
-        "sklearn_max_abs_diff": 3e-8,
-        "theta": None,
-    }
-    return {
-        "settings": {"main": "icub-sim-quick"},
-        "timing": {"data": 1.0, "total": 2.0},
-        "sets": {
-            "7 objects": {"splits": [{"test_session": 3, "models": {m: dict(model) for m in icub.MODELS}}]}
-        },
-        "curves": {"7 objects": icub_report.average_curves([split_curves, split_curves])},
-        "baseline": {
-            "set": "7 objects",
-            "sizes": [2, 3],
-            "accuracy": [[1.0, 0.9], [0.8, 0.9]],
-            "C": 1.0,
-            "guaranteed": {"90%": [0.9, 0.8]},
-        },
-        "sensitivity": {
-            "epsilon": 10 / 255,
-            "random_mean": 0.02,
-            "random_std": 0.01,
-            "adversarial_mean": 1.0,
-            "adversarial_std": 0.2,
-            "ratio": 50.0,
-        },
-        "examples": {
-            "sticker": {
-                "mask_fraction": 0.1,
-                "grids": {"whole image": [0.5], "sticker": [1.0]},
-                "SVM|whole image": [0.5, 0.5],
-                "SVM|sticker": [1.0, math.inf],
-            }
-        },
-    }
+    model = ModelFacts(1.0, None, 10, 0.9, 0.0, 3e-8, None)
+    fit = FitFacts(3, 70, 35, 0.1, {m: model for m in icub.MODELS})
+    split = SplitFacts(fit, 1.0, 7, "mug", {"SVM|error-generic": (10, 10)})
+    sensitivity = FeatureSensitivity(
+        10 / 255,
+        torch.full((2,), 10 / 255),
+        torch.tensor([0.01, 0.03], dtype=torch.float64),
+        torch.tensor([0.8, 1.2], dtype=torch.float64),
+        torch.ones(2),
+    )
+    sticker = StickerStudy(
+        100,
+        0.1,
+        {"whole image": [0.5], "sticker": [1.0]},
+        {"SVM|whole image": [0.5, 0.5], "SVM|sticker": [1.0, math.inf]},
+    )
+    results = IcubResults(
+        settings=icub.QUICK,
+        timing={"data": 1.0, "total": 2.0},
+        sets={"7 objects": SetInfo((split,), "icub-sim-quick", 7, 210, "0" * 64, None)},
+        curves={"7 objects": icub_report.average_curves([split_curves, split_curves])},
+        baseline=BaselineCurve("7 objects", [2, 3], [[1.0, 0.9], [0.8, 0.9]], 1.0, {"90%": [0.9, 0.8]}),
+        sensitivity=SensitivityResult(
+            sensitivity, "SVM", "training images of split 1", {"random": (0.022, 0.002)}
+        ),
+        examples=ExampleFacts("duck", "mug", ((0.0, "duck"),), {"whole image": 0.1}, sticker),
+        linear=LinearCheck("icub-sim-quick", 0.95, 0.9, 7),
+    )
+    return replace(results, **changes)
 
 
 def test_auc_and_averages():
     assert icub_report.auc([0, 1], [1, 1]) == 1.0
     assert icub_report.auc([0, 0.5, 1], [1, 0, 0]) == pytest.approx(0.25)
-    avg = _results()["curves"]["7 objects"]["error-generic"]["SVM-adv"]
-    assert avg["splits"] == 2 and avg["auc_defended"] > avg["auc"]
+    avg = _results().curves["7 objects"]["error-generic"]["SVM-adv"]
+    assert avg.splits == 2 and avg.auc_defended > avg.auc
 
 
 def test_interpretation_states_the_papers_findings_from_the_numbers():
     results = _results()
-    results["acceptance"] = icub_report.acceptance(results)
     lines = icub_report.interpret(results)
     text = " ".join(lines)
     assert "SVM-adv beats SVM-RBF" in text and "2 of 2 settings (holds)" in text
     assert "ratio 50x" in text and "holds" in text
     assert "Sticker" in text and "1/2" in text
-    assert results["acceptance"]["sklearn_torch_max_abs_diff"] == pytest.approx(3e-8)
-
-
-def test_report_is_written_and_escaped(tmp_path):
-    results = _results()
-    results["acceptance"] = icub_report.acceptance(results)
-    results["interpretation"] = ["<script>alert(1)</script>"]
-    img = torch.rand(3, 16, 16)
-    figures = {
-        "sequence": [{"epsilon": 0.0, "image": img, "prediction": "duck"}],
-        "original": img,
-        "minimal": {
-            "whole image": {"epsilon": 0.1, "image": img.flip(0), "prediction": "mug"},
-            "sticker": {"epsilon": math.inf, "image": img, "prediction": "duck"},
-        },
-        "mask": torch.zeros(16, 16, dtype=torch.bool),
-        "true": "duck",
-        "target": "mug",
+    acc = icub_report.acceptance(results)
+    assert acc.sklearn_torch_max_abs_diff == pytest.approx(3e-8)
+    assert acc.to_dict()["linear_svm_all_classes"] == {
+        "dataset": "icub-sim-quick",
+        "split by session": 0.95,
+        "split by view": 0.9,
+        "classes": 7,
     }
-    page = icub_report.write_report(results, figures, tmp_path / "r.html").read_text()
+
+
+def test_results_serialise_to_the_json_layout():
+    data = _results().to_dict()
+    assert list(data) == ["settings", "timing", "sets", "curves", "baseline", "sensitivity", "examples"]
+    split = data["sets"]["7 objects"]["splits"][0]
+    assert list(split) == [
+        "test_session", "train", "test", "fit_seconds", "models", "attack_seconds", "attacked", "target", "queries",
+    ]  # fmt: skip
+    assert split["models"]["SVM"]["C"] == 1.0 and split["queries"] == {"SVM|error-generic": [10, 10]}
+    curve = data["curves"]["7 objects"]["error-generic"]["SVM"]
+    assert list(curve) == [
+        "epsilons", "accuracy", "rejected", "defended", "misclassified", "auc", "auc_defended", "splits",
+    ]  # fmt: skip
+    assert data["baseline"]["set"] == "7 objects" and data["baseline"]["C"] == 1.0
+    assert data["sensitivity"]["ratio"] == pytest.approx(50.0) and data["sensitivity"]["model"] == "SVM"
+    examples = data["examples"]
+    assert examples["sequence"] == [{"epsilon": 0.0, "prediction": "duck"}]
+    assert examples["min_dmax_whole image"] == 0.1 and examples["sticker"]["SVM|sticker"] == [1.0, math.inf]
+    json.dumps(data)
+
+
+def test_report_is_rendered_and_escaped(tmp_path):
+    img = torch.rand(3, 16, 16)
+    figures = Figures(
+        sequence=(FigureImage(0.0, img, "duck"),),
+        original=img,
+        minimal={
+            "whole image": FigureImage(0.1, img.flip(0), "mug"),
+            "sticker": FigureImage(math.inf, img, "duck"),
+        },
+        mask=torch.zeros(16, 16, dtype=torch.bool),
+        true="<script>alert(1)</script>",
+        target="mug",
+    )
+    page = icub_report.render(_results(figures=figures)).write(tmp_path / "r.html").read_text()
     assert "<script>alert" not in page and "Security evaluation curves" in page and "<svg" in page
     assert "sticker: not evaded" in page
+    assert "No example" in icub_report.render(_results()).render()
 
 
 def test_cli_validates_its_options():
@@ -134,6 +164,9 @@ def test_quick_reproduction_end_to_end(tmp_path):
     finally:
         torch.set_num_threads(threads)
     results = json.loads((out / "icub-results.json").read_text())
+    assert list(results) == [
+        "settings", "timing", "sets", "curves", "baseline", "sensitivity", "examples", "acceptance", "interpretation",
+    ]  # fmt: skip
     acc = results["acceptance"]
     assert acc["sklearn_torch_max_abs_diff"] < 1e-4
     assert acc["linear_svm_clean_accuracy"] >= 0.9

@@ -127,8 +127,9 @@ def test_a_changed_configuration_is_refused(tmp_path):
 def test_a_corrupt_shard_is_detected_not_used(tmp_path):
     run(tmp_path / "r")
     with RunStore.open(tmp_path / "r") as store:
-        cell, _, _, shard, *_ = next(c for c in store.cells() if c[3] is not None)
-    path = tmp_path / "r" / "shards" / str(shard)
+        stored = next(c for c in store.cells() if c.shard is not None)
+    cell = stored.cell
+    path = tmp_path / "r" / "shards" / str(stored.shard)
     path.write_bytes(path.read_bytes()[:-20] + b"x" * 20)
     with pytest.raises(StoreError, match="corrupt"):
         run(tmp_path / "r")  # resuming reads every committed cell
@@ -210,10 +211,45 @@ def test_damaged_cells_can_be_dropped_and_recomputed(tmp_path, capsys):
     fresh = run(tmp_path / "f")
     run(tmp_path / "r")
     with RunStore.open(tmp_path / "r") as store:
-        shard = next(c[3] for c in store.cells() if c[3] is not None)
+        shard = next(c.shard for c in store.cells() if c.shard is not None)
     (tmp_path / "r" / "shards" / str(shard)).write_bytes(b"garbage")
     assert main(["runs", "check", str(tmp_path / "r")]) == 1
     assert "damaged:" in capsys.readouterr().out
     assert main(["runs", "check", str(tmp_path / "r"), "--repair"]) == 0
     assert main(["runs", "check", str(tmp_path / "r")]) == 0
     assert run(tmp_path / "r").records == fresh.records
+
+
+def test_cells_are_typed_records_of_what_was_committed(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from evasion.store import StoredCell
+
+    run(tmp_path / "r")
+    with RunStore.open(tmp_path / "r") as store:
+        cells = store.cells()
+        assert cells and all(isinstance(c, StoredCell) for c in cells)
+        assert {c.key for c in cells} == store.completed()
+        assert all(c.session == 1 and c.rows == 8 and c.first == 8 * c.cell.batch for c in cells)
+        assert all((c.shard is None) == (c.sha256 is None) for c in cells)
+        assert all(c.shard is None for c in cells if c.cell.kind == "clean")
+        with pytest.raises(FrozenInstanceError):
+            cells[0].rows = 3  # type: ignore[misc]
+    assert summarize(tmp_path / "r").seconds == pytest.approx(sum(c.seconds for c in cells))
+
+
+def test_closing_warns_when_the_end_of_the_session_cannot_be_recorded(tmp_path, monkeypatch):
+    from evasion.store import writer
+
+    real = writer.transaction
+
+    def failing(db, what):  # type: ignore[no-untyped-def]
+        if what == "closing the session":
+            raise StoreError("cannot write the results database (disk I/O error) while closing the session")
+        return real(db, what)
+
+    monkeypatch.setattr(writer, "transaction", failing)
+    with pytest.warns(RuntimeWarning, match=r"session 1 was not recorded .*disk I/O error"):
+        run(tmp_path / "r")
+    with RunStore.open(tmp_path / "r") as store:
+        assert store.sessions()[0]["finished"] is None and not store.missing()

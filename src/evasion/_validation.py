@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import ConfigError, EvasionError, InputError
 
-__all__ = ["check_images", "check_labels", "check_targets"]
+__all__ = [
+    "check_images",
+    "check_labels",
+    "check_targets",
+    "epsilon_grid",
+    "finite",
+    "fraction",
+    "integer",
+    "name",
+    "positive",
+]
 
 _BOUND_TOLERANCE = 1e-5
 
@@ -90,3 +101,82 @@ def check_targets(target: object, y: Tensor, num_classes: int) -> Tensor:
             "a targeted attack needs a different class"
         )
     return t
+
+
+# -- scalar parameters: one checker per kind, one message shape ---------------------------------------
+# Each takes the value and ``where`` (the name the user knows it by: ``"attacks[2].params.steps"``,
+# ``"DetectorParams.fpr"``, ``"--epsilon"``), returns the clean Python value, and raises ``error``
+# (:class:`ConfigError` unless told otherwise) with a one-line message naming ``where`` and the value.
+
+
+def finite(value: object, where: str, *, error: type[EvasionError] = ConfigError) -> float:
+    """A finite real number (not a bool), as ``float``."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise error(f"{where} must be finite, got {value!r}")
+    return float(value)
+
+
+def positive(
+    value: object, where: str, *, allow_zero: bool = False, error: type[EvasionError] = ConfigError
+) -> float:
+    """A finite number ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    v = finite(value, where, error=error)
+    if v < 0 or (v == 0 and not allow_zero):
+        raise error(f"{where} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def fraction(
+    value: object, where: str, *, open_low: bool = False, error: type[EvasionError] = ConfigError
+) -> float:
+    """A number in ``[0, 1]`` (``(0, 1]`` with ``open_low``): a rate, a probability."""
+    v = finite(value, where, error=error)
+    low_ok = v > 0.0 if open_low else v >= 0.0
+    if not low_ok or v > 1.0:
+        raise error(f"{where} must be in {'(0' if open_low else '[0'}, 1], got {value!r}")
+    return v
+
+
+def integer(
+    value: object,
+    where: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[EvasionError] = ConfigError,
+) -> int:
+    """An ``int`` (not a bool, not a float) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{where} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise error(f"{where} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise error(f"{where} must be an integer <= {maximum}, got {value!r}")
+    return int(value)
+
+
+def name(value: object, where: str, *, error: type[EvasionError] = ConfigError) -> str:
+    """A non-empty string (a layer, an attack, a model name)."""
+    if not isinstance(value, str) or not value.strip():
+        raise error(f"{where} must be a non-empty name, got {value!r}")
+    return value
+
+
+def epsilon_grid(
+    values: object,
+    where: str = "epsilons",
+    *,
+    with_zero: bool = True,
+    error: type[EvasionError] = ConfigError,
+) -> tuple[float, ...]:
+    """A non-empty list of finite numbers ``>= 0`` -> sorted, unique (and starting with 0.0)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, Tensor)):
+        raise error(f"{where} must be a list of numbers, got {values!r}")
+    grid = [positive(v, f"{where}[{i}]", allow_zero=True, error=error) for i, v in enumerate(list(values))]
+    if not grid:
+        raise error(f"{where} is empty; give at least one epsilon")
+    return tuple(sorted({0.0, *grid} if with_zero else set(grid)))

@@ -1,4 +1,5 @@
-"""Evaluation configs: TOML files validated into dataclasses, and turned into evaluate() inputs.
+"""Evaluation configs: TOML files validated into dataclasses (:mod:`evasion.build` turns them into
+the inputs of evaluate()).
 
 Every key is checked: an unknown key or a bad value is a :class:`ConfigError` that names the
 key (``attacks[2].params.stpes``) and the value. The embedded default (``evasion evaluate`` with no
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import attacks
+from ._validation import epsilon_grid
 from .attacks.base import Attack
 from .errors import ConfigError, MissingDependencyError
 from .evaluation.spec import default_name
@@ -35,14 +37,16 @@ __all__ = [
 
 
 def _toml() -> Any:
-    import importlib
+    """The TOML reader: ``tomllib``, or ``tomli`` on Python 3.10."""
+    if sys.version_info >= (3, 11):
+        import tomllib
 
-    for name in ("tomllib", "tomli"):  # tomli: Python 3.10
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-    raise MissingDependencyError("tomli", "dev", "reading TOML configs on Python 3.10")
+        return tomllib
+    try:  # pragma: no cover - Python 3.10
+        import tomli
+    except ModuleNotFoundError:
+        raise MissingDependencyError("tomli", "dev", "reading TOML configs on Python 3.10") from None
+    return tomli
 
 
 # -- value checks --------------------------------------------------------------------------------
@@ -70,16 +74,7 @@ def _name(where: str, value: Any) -> str:
 
 def _epsilons(where: str, value: Any) -> tuple[float, ...]:
     _type(where, value, list, "a list of numbers")
-    out = []
-    for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where}[{i}] must be a number, got {v!r}")
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{where}[{i}] must be finite and >= 0, got {v!r}")
-        out.append(float(v))
-    if not out:
-        raise ConfigError(f"{where} is empty; give at least one epsilon")
-    return tuple(sorted(set(out)))
+    return epsilon_grid(value, where, with_zero=False)
 
 
 def _table(where: str, value: Any, allowed: list[str]) -> dict[str, Any]:
@@ -106,6 +101,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
+    self_check: bool = True
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> RunConfig:
@@ -115,6 +111,7 @@ class RunConfig:
             seed=_int("run.seed", t.get("seed", cls.seed), 0),
             batch_size=_int("run.batch_size", t.get("batch_size", cls.batch_size), 1),
             device=_type("run.device", t.get("device", cls.device), str, "a device name"),
+            self_check=_type("run.self_check", t.get("self_check", cls.self_check), bool, "true or false"),
         )
 
 
@@ -184,6 +181,7 @@ class AttackConfig:
     params: dict[str, Any] = field(default_factory=dict)
     target: int | str | None = None
     patch: tuple[int, ...] = ()
+    models: tuple[str, ...] = ()  # the models it runs on (empty: all)
 
     @classmethod
     def parse(cls, d: dict[str, Any], where: str, grids: Mapping[str, tuple[float, ...]]) -> AttackConfig:
@@ -210,6 +208,7 @@ class AttackConfig:
         if patch and len(patch) != 4:
             raise ConfigError(f"{where}.patch must be [top, left, height, width], got {patch!r}")
         params = _type(f"{where}.params", t.get("params", {}), dict, "a table")
+        models = _type(f"{where}.models", t.get("models", []), list, "a list of model names")
         built = _build_attack(where, attack, params)
         if norm not in built.norms:
             raise ConfigError(
@@ -223,6 +222,7 @@ class AttackConfig:
             params=params,
             target=target,
             patch=tuple(_int(f"{where}.patch[{i}]", v, 0) for i, v in enumerate(patch)),
+            models=tuple(_name(f"{where}.models[{i}]", m) for i, m in enumerate(models)),
         )
 
 
@@ -292,10 +292,20 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     attacks_raw = _type("attacks", top.get("attacks", []), list, "an array of tables [[attacks]]")
     if not models_raw:
         raise ConfigError("the config has no [[models]]; add at least one")
-    if not attacks_raw:
-        raise ConfigError("the config has no [[attacks]]; add at least one")
+    if not attacks_raw and not grids:
+        raise ConfigError(
+            "the config has no [[attacks]] and no [epsilons]: give the epsilon grids of the default "
+            "attack suite (e.g. [epsilons] linf = [0.1, 0.2]) or list [[attacks]]"
+        )
     models = tuple(ModelConfig.parse(m, f"models[{i}]") for i, m in enumerate(models_raw))
     attacks = tuple(AttackConfig.parse(a, f"attacks[{i}]", grids) for i, a in enumerate(attacks_raw))
+    names = {m.name for m in models}
+    for i, a in enumerate(attacks):
+        for m in a.models:
+            if m not in names:
+                raise ConfigError(
+                    f"attacks[{i}].models names {m!r}, which is not a model of the config; models: {', '.join(sorted(names))}"
+                )
     for kind, items in (("model", [m.name for m in models]), ("attack", [a.name for a in attacks if a.name])):
         dup = sorted({n for n in items if items.count(n) > 1})
         if dup:
@@ -310,9 +320,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     )
 
 
+#: the embedded default config, shipped inside the package
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.toml"
+
+
 def default_config_text() -> str:
     """The embedded default config (the main job)."""
-    return resources.files("evasion").joinpath("configs/default.toml").read_text(encoding="utf-8")
+    return DEFAULT_CONFIG.read_text(encoding="utf-8")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

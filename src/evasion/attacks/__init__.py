@@ -24,6 +24,7 @@ from .loop import LoopSettings, run_loop
 from .losses import LOSSES, LossObjective, Objective, ObjectiveValue
 from .max_confidence import MaxConfidence
 from .mifgsm import MIFGSM
+from .noise import Noise
 from .pgd import PGD
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "LoopSettings",
     "LossObjective",
     "MaxConfidence",
+    "Noise",
     "Objective",
     "ObjectiveValue",
     "Problem",
@@ -133,3 +135,4 @@ for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, DeepFool, CarliniWagnerL2):
     register(_cls)
 register(MaxConfidence)
 register(DynamicAdversary)
+register(Noise)

@@ -17,13 +17,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._validation import fraction, integer
 from ..errors import ConfigError
-from .base import Problem, check_int, check_positive
+from .base import Problem
 from .iterative import IterativeAttack
 from .loop import LoopSettings
 from .steps import StepContext, StepRule
 
-__all__ = ["APGD", "APGDStep", "checkpoints"]
+__all__ = ["APGD", "APGDState", "APGDStep", "checkpoints"]
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -35,30 +36,53 @@ def checkpoints(steps: int) -> list[int]:
 
 
 @dataclass
+class APGDState:
+    """Per-sample APGD state, full-batch tensors indexed by row (stopped rows are left alone)."""
+
+    eta: Tensor  # step size
+    prev_x: Tensor  # previous iterate (for the momentum term)
+    prev_loss: Tensor  # previous objective (to count rises)
+    best_loss: Tensor  # best objective so far
+    best_x: Tensor  # point of the best objective (where a halved sample restarts)
+    best_grad: Tensor  # gradient at that point
+    rises: Tensor  # steps whose objective rose since the last checkpoint
+    best_at_mark: Tensor  # best objective at the last checkpoint
+    halved_at_mark: Tensor  # whether the step was halved at the last checkpoint
+
+    @classmethod
+    def initial(cls, x: Tensor, epsilon: float) -> APGDState:
+        """The state before the first step: step ``2 * epsilon``, no objective seen yet."""
+        n, dev, dtype = x.shape[0], x.device, x.dtype
+        return cls(
+            eta=torch.full((n,), 2.0 * epsilon, device=dev, dtype=dtype),
+            prev_x=x.clone(),
+            prev_loss=torch.full((n,), -math.inf, device=dev, dtype=dtype),
+            best_loss=torch.full((n,), -math.inf, device=dev, dtype=dtype),
+            best_x=x.clone(),
+            best_grad=torch.zeros_like(x),
+            rises=torch.zeros(n, device=dev),
+            best_at_mark=torch.full((n,), -math.inf, device=dev, dtype=dtype),
+            halved_at_mark=torch.zeros(n, dtype=torch.bool, device=dev),
+        )
+
+
+@dataclass
 class APGDStep:
     """The APGD update with per-sample step sizes, momentum, and checkpoint halving."""
 
     momentum: float = 0.75
     rho: float = 0.75
-    _s: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _state: APGDState | None = field(default=None, repr=False)
     _marks: list[int] = field(default_factory=list, repr=False)
 
+    @property
+    def state(self) -> APGDState:
+        assert self._state is not None, "start() allocates the state"
+        return self._state
+
     def start(self, ctx: StepContext) -> None:
-        p, n = ctx.problem, ctx.problem.n
-        eps = p.threat.epsilon
         self._marks = checkpoints(ctx.steps)
-        self._s = {
-            "eta": torch.full((n,), 2.0 * eps, device=p.x.device, dtype=p.x.dtype),
-            "prev_x": p.x.clone(),
-            "prev_loss": torch.full((n,), -math.inf, device=p.x.device, dtype=p.x.dtype),
-            "best_loss": torch.full((n,), -math.inf, device=p.x.device, dtype=p.x.dtype),
-            "best_x": p.x.clone(),
-            "best_grad": torch.zeros_like(p.x),
-            "rises": torch.zeros(n, device=p.x.device),
-            "eta_at_mark": torch.full((n,), 2.0 * eps, device=p.x.device, dtype=p.x.dtype),
-            "best_at_mark": torch.full((n,), -math.inf, device=p.x.device, dtype=p.x.dtype),
-            "halved_at_mark": torch.zeros(n, dtype=torch.bool, device=p.x.device),
-        }
+        self._state = APGDState.initial(ctx.problem.x, ctx.problem.threat.epsilon)
 
     def step(
         self,
@@ -70,43 +94,45 @@ class APGDStep:
         idx: Tensor,
         t: int,
     ) -> Tensor:
-        s = self._s
+        s = self.state
         g = sum(w * gk for w, gk in zip(weights, grads))
         assert isinstance(g, Tensor)
-        s["rises"][idx] += (loss > s["prev_loss"][idx]).float() * (t > 0)
-        improved = loss > s["best_loss"][idx]
-        for key, value in (("best_loss", loss), ("best_x", x), ("best_grad", g)):
-            s[key][idx[improved]] = value[improved]
-        prev_x = s["prev_x"][idx]
+        s.rises[idx] += (loss > s.prev_loss[idx]).float() * (t > 0)
+        better = loss > s.best_loss[idx]
+        improved = idx[better]
+        s.best_loss[improved] = loss[better]
+        s.best_x[improved] = x[better]
+        s.best_grad[improved] = g[better]
+        prev_x = s.prev_x[idx]
         if t in self._marks:
-            x, g, prev_x = self._checkpoint(ctx, x, g, prev_x, idx, t)
-        s["prev_loss"][idx] = loss
+            x, g, prev_x = self._checkpoint(x, g, prev_x, idx, t)
+        s.prev_loss[idx] = loss
         shape = (-1,) + (1,) * (x.dim() - 1)
-        eta = s["eta"][idx].reshape(shape)
+        eta = s.eta[idx].reshape(shape)
         z = ctx.project(x + eta * ctx.direction(g, x, idx), idx)
         a = 1.0 if t == 0 else self.momentum
         nxt = ctx.project(x + a * (z - x) + (1 - a) * (x - prev_x), idx)
-        s["prev_x"][idx] = x
+        s.prev_x[idx] = x
         return nxt
 
     def _checkpoint(
-        self, ctx: StepContext, x: Tensor, g: Tensor, prev_x: Tensor, idx: Tensor, t: int
+        self, x: Tensor, g: Tensor, prev_x: Tensor, idx: Tensor, t: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Halve the step of stalled samples and send them back to their best point."""
-        s = self._s
+        s = self.state
         k = self._marks.index(t)
         since = t - (self._marks[k - 1] if k > 0 else 0)
-        oscillating = s["rises"][idx] < self.rho * since
-        unchanged = (~s["halved_at_mark"][idx]) & (s["best_at_mark"][idx] >= s["best_loss"][idx])
+        oscillating = s.rises[idx] < self.rho * since
+        unchanged = (~s.halved_at_mark[idx]) & (s.best_at_mark[idx] >= s.best_loss[idx])
         halve = oscillating | unchanged
-        s["halved_at_mark"][idx] = halve
-        s["best_at_mark"][idx] = s["best_loss"][idx]
-        s["rises"][idx] = 0
-        s["eta"][idx[halve]] /= 2
+        s.halved_at_mark[idx] = halve
+        s.best_at_mark[idx] = s.best_loss[idx]
+        s.rises[idx] = 0
+        s.eta[idx[halve]] /= 2
         if bool(halve.any()):
             rows = idx[halve]
             x, g, prev_x = x.clone(), g.clone(), prev_x.clone()
-            x[halve], g[halve], prev_x[halve] = s["best_x"][rows], s["best_grad"][rows], s["best_x"][rows]
+            x[halve], g[halve], prev_x[halve] = s.best_x[rows], s.best_grad[rows], s.best_x[rows]
         return x, g, prev_x
 
 
@@ -119,7 +145,7 @@ class APGD(IterativeAttack):
     """
 
     name: ClassVar[str] = "apgd"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    norms = ("linf", "l2")
     steps: int = 100
     random_start: bool = True
     restarts: int = 1
@@ -132,11 +158,9 @@ class APGD(IterativeAttack):
             raise ConfigError(
                 "APGD adapts its own step size (2 * epsilon, halved at checkpoints); do not set step_size"
             )
-        check_int("restarts", self.restarts, 1)
-        check_positive("momentum", self.momentum)
-        check_positive("rho", self.rho)
-        if self.momentum > 1 or self.rho > 1:
-            raise ConfigError(f"momentum and rho must be in (0, 1], got {self.momentum}, {self.rho}")
+        integer(self.restarts, "restarts", minimum=1)
+        fraction(self.momentum, "momentum", open_low=True)
+        fraction(self.rho, "rho", open_low=True)
 
     def make_rule(self) -> Callable[[], StepRule]:
         return partial(APGDStep, self.momentum, self.rho)

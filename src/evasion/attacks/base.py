@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +21,17 @@ from .._validation import check_targets
 from ..errors import ConfigError, InputError
 from ..models.classifier import REJECT, Classifier, as_classifier
 from ..perturbations import norm as perturbation_norm
-from ..threat_model import ThreatModel
+from ..threat_model import Norm, ThreatModel
 
-__all__ = ["Attack", "AttackResult", "Problem", "default_generator"]
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "Problem",
+    "RandomStarting",
+    "Stepped",
+    "Traceable",
+    "default_generator",
+]
 
 
 @dataclass(frozen=True)
@@ -112,17 +120,16 @@ class Problem:
     generator: torch.Generator
     #: optional warm start (e.g. the adversarial points found at a smaller epsilon)
     init: Tensor | None = None
+    #: coordinates the attacker may move (``None``: all of them); computed once, not per step
+    free: Tensor | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        everywhere = self.threat.mask is None and self.threat.scalar_bounds() is not None
+        self.free = None if everywhere else self.lower < self.upper
 
     @property
     def n(self) -> int:
         return int(self.x.shape[0])
-
-    @property
-    def free(self) -> Tensor | None:
-        """Coordinates the attacker may move (``None``: all of them)."""
-        if self.threat.mask is None and self.threat.scalar_bounds() is not None:
-            return None
-        return self.lower < self.upper
 
     def success(self, predictions: Tensor, idx: Tensor | None = None) -> Tensor:
         """Whether each prediction is an evasion (rows ``idx`` of the problem)."""
@@ -156,16 +163,27 @@ class Attack(ABC):
     """Base class of every attack: validation, device placement, the call signature.
 
     Subclasses are frozen dataclasses (a reusable configuration) that implement :meth:`_run`.
+    What an attack can do is declared, never probed: the class variables below say what kind of
+    attack it is, and the protocols :class:`Traceable`, :class:`RandomStarting` and
+    :class:`Stepped` name the options an evaluator may read or change (``trace``,
+    ``random_start``, ``steps``).
     """
 
     #: short identifier used in registries, reports and the CLI
     name: ClassVar[str] = "attack"
     #: norms the attack can work in
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    norms: ClassVar[tuple[Norm, ...]] = ("linf", "l2")
     #: minimum-norm attacks search the smallest perturbation instead of using the whole budget
     minimum_norm: ClassVar[bool] = False
-    #: whether ``target=`` is supported
+    #: whether ``target=`` is supported (otherwise a targeted threat is a ConfigError)
     supports_targeted: ClassVar[bool] = True
+    #: the attack needs no gradient of the attacked model (score-based, decision-based or
+    #: transfer): samples it breaks that no white-box attack breaks flag gradient masking
+    black_box: ClassVar[bool] = False
+    #: the attack's objective sees the reject score of a classifier with a reject option and
+    #: pushes away from rejection; otherwise it works on the class scores alone and may end on
+    #: a rejected point (which is not an evasion)
+    reject_aware: ClassVar[bool] = False
 
     def __call__(
         self,
@@ -303,6 +321,31 @@ class Attack(ABC):
     def replace(self, **changes: Any) -> Attack:
         """A copy with some parameters changed (validated again)."""
         return replace(self, **changes)  # type: ignore[type-var]
+
+
+@runtime_checkable
+class Traceable(Protocol):
+    """An attack with a ``trace`` option: it can record its objective per step in ``loss_trace``."""
+
+    @property
+    def trace(self) -> bool: ...
+
+
+@runtime_checkable
+class RandomStarting(Protocol):
+    """An attack with a ``random_start`` option: called without ``init``, it starts at a random
+    point of the ball drawn from its generator."""
+
+    @property
+    def random_start(self) -> bool: ...
+
+
+@runtime_checkable
+class Stepped(Protocol):
+    """An attack with an iteration budget ``steps`` (a warm-started evaluation may shorten it)."""
+
+    @property
+    def steps(self) -> int: ...
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:

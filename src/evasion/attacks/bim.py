@@ -20,5 +20,5 @@ class BIM(IterativeAttack):
     """
 
     name: ClassVar[str] = "bim"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    norms = ("linf", "l2", "l1")
     steps: int = 10

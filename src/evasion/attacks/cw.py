@@ -30,8 +30,9 @@ class CarliniWagnerL2(Attack):
     """
 
     name: ClassVar[str] = "cw-l2"
-    norms: ClassVar[tuple[str, ...]] = ("l2",)
+    norms = ("l2",)
     minimum_norm: ClassVar[bool] = True
+    reject_aware = True  # the margin of ``attacker_view``: the reject score is a competitor
     steps: int = 100
     binary_search_steps: int = 9
     initial_const: float = 1e-3

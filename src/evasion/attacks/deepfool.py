@@ -29,9 +29,10 @@ class DeepFool(Attack):
     """
 
     name: ClassVar[str] = "deepfool"
-    norms: ClassVar[tuple[str, ...]] = ("l2", "linf")
+    norms = ("l2", "linf")
     minimum_norm: ClassVar[bool] = True
     supports_targeted: ClassVar[bool] = False
+    reject_aware = False  # linearises the class scores only
     steps: int = 50
     candidates: int = 10
     overshoot: float = 0.02

@@ -22,7 +22,7 @@ class FGSM(IterativeAttack):
     """
 
     name: ClassVar[str] = "fgsm"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    norms = ("linf", "l2", "l1")
     steps: int = 1
 
     def __post_init__(self) -> None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
+from .._validation import integer, positive
 from ..errors import ConfigError
-from .base import Attack, AttackResult, Problem, check_int, check_positive
-from .loop import LoopOutput, LoopSettings, run_loop
+from .base import Attack, AttackResult, Problem
+from .loop import Keep, LoopOutput, LoopSettings, run_loop
 from .losses import LOSSES, LossObjective, Objective, get_loss
 from .steps import SteepestAscent, StepRule
 
 __all__ = ["IterativeAttack"]
 
-_KEEP = ("best", "last")
+_KEEP: tuple[Keep, ...] = get_args(Keep)
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,18 @@ class IterativeAttack(Attack):
     step_size: float | None = None
     loss: str = "ce"
     early_stop: bool = True
-    keep: str = "best"
+    keep: Keep = "best"
     trace: bool = False
 
+    #: the default objective (:class:`LossObjective`) sees the reject score (``attacker_view``)
+    reject_aware = True
     #: default step size = ``step_factor * epsilon / steps`` when ``step_size`` is None
     step_factor = 2.5
 
     def __post_init__(self) -> None:
-        check_int("steps", self.steps, 1)
+        integer(self.steps, "steps", minimum=1)
         if self.step_size is not None:
-            check_positive("step_size", self.step_size)
+            positive(self.step_size, "step_size")
         if not callable(self.loss) and self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
         if self.keep not in _KEEP:

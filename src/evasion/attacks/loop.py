@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,7 +28,10 @@ from .base import Problem
 from .losses import Objective
 from .steps import StepContext, StepRule
 
-__all__ = ["LoopOutput", "LoopSettings", "run_loop"]
+__all__ = ["Keep", "LoopOutput", "LoopSettings", "run_loop"]
+
+#: which iterate a sample returns: "best" (a success, then the highest objective) or "last"
+Keep = Literal["best", "last"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class LoopSettings:
     random_start: bool = False
     restarts: int = 1
     early_stop: bool = True
-    keep: str = "best"  # "best": success, then highest objective; "last": the final iterate
+    keep: Keep = "best"
     tolerance: float | None = None  # stop a sample when its objective changes by <= tolerance
     trace: bool = False
     l1_fraction: float = 0.01

@@ -160,7 +160,8 @@ class MaxConfidence(IterativeAttack):
     """
 
     name: ClassVar[str] = "max-confidence"
-    norms: ClassVar[tuple[str, ...]] = ("l2", "l1", "linf")
+    norms = ("l2", "l1", "linf")
+    reject_aware = True  # the reject score is a competitor in the objective
     steps: int = 100
     loss: str = "margin"
     early_stop: bool = False

@@ -23,7 +23,7 @@ class MIFGSM(IterativeAttack):
     """
 
     name: ClassVar[str] = "mifgsm"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    norms = ("linf", "l2")
     steps: int = 10
     decay: float = 1.0
     step_factor = 1.0

@@ -23,7 +23,7 @@ class PGD(IterativeAttack):
     """
 
     name: ClassVar[str] = "pgd"
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    norms = ("linf", "l2", "l1")
     steps: int = 40
     random_start: bool = True
     restarts: int = 1

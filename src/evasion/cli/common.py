@@ -1,4 +1,7 @@
-"""Helpers shared by CLI commands: devices, output folders, JSON, progress bars, environment facts."""
+"""Helpers shared by CLI commands: devices, output folders, JSON, progress bars, environment facts.
+
+``ProgressBar`` (the protocol) lives in :mod:`evasion.progress`; it is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..progress import ProgressBar
 
 __all__ = ["ProgressBar", "environment", "pick_device", "progress", "write_json"]
 
@@ -57,12 +61,6 @@ def environment(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
-
-
-class ProgressBar(Protocol):
-    def advance(self, task: int, amount: float = 1.0) -> None: ...
-    def add(self, description: str, total: float) -> int: ...
-    def update(self, task: int, *, description: str | None = None, total: float | None = None) -> None: ...
 
 
 class _LogProgress:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import EvasionError
+from . import attack, evaluate, listing, report, reproduce, runs, train
 
 __all__ = ["build_parser", "main"]
 
@@ -28,29 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from . import attack, listing
-
     attack.add_parser(sub)
     listing.add_parsers(sub)
-    for extra in _extra_commands():
-        extra(sub)
+    for module in (evaluate, runs, report, reproduce, train):
+        module.add_parser(sub)
     return parser
-
-
-def _extra_commands() -> list[Callable[[Any], None]]:
-    """Sub-commands contributed by other modules (evaluate, runs, report, reproduce, train)."""
-    import importlib
-
-    found = []
-    for name in ("evaluate", "runs", "report", "reproduce", "train"):
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{name}":
-                raise
-            continue
-        found.append(module.add_parser)
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "TrainingLog",
     "adversarial_examples",
     "fit_detector",
+    "static_examples",
     "train_detector",
     "train_dynamic_detector",
 ]
@@ -109,6 +110,23 @@ def adversarial_examples(
         for xb, yb in zip(x.split(batch_size), y.split(batch_size))
     ]
     return torch.cat(out)
+
+
+def static_examples(
+    model: torch.nn.Module,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    attack: Attack,
+    threat: ThreatModel,
+    *,
+    seed: int,
+    batch_size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """The static adversary's examples of the training then the validation points (one generator)."""
+    gen = torch.Generator().manual_seed(seed)
+    adv = adversarial_examples(model, *train, attack, threat, batch_size=batch_size, generator=gen)
+    val_adv = adversarial_examples(model, *val, attack, threat, batch_size=batch_size, generator=gen)
+    return adv, val_adv
 
 
 def _check_pairs(clean: Tensor, adversarial: Tensor, what: str) -> None:
@@ -229,10 +247,9 @@ def train_detector(
         raise ConfigError(
             "training a detector needs an attack and a threat model to make adversarial examples"
         )
-    clf = detector.classifier
-    gen = torch.Generator().manual_seed(config.seed)
-    adv = adversarial_examples(clf, x, y, attack, threat, batch_size=batch_size, generator=gen)
-    val_adv = adversarial_examples(clf, val[0], val[1], attack, threat, batch_size=batch_size, generator=gen)
+    adv, val_adv = static_examples(
+        detector.classifier, (x, y), val, attack, threat, seed=config.seed, batch_size=batch_size
+    )
     return fit_detector(detector, x, adv, val[0], val_adv, config, progress)
 
 

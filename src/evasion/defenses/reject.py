@@ -10,20 +10,26 @@ every class. :class:`ThresholdReject` implements it as a reject-score column equ
 one-vs-all classifier: then the class scores become ``f_k - theta_k`` and the reject score 0.
 :func:`calibrate_threshold` sets it from validation data for a target increase of each
 classifier's false-negative rate (the paper's conservative "+5% FNR" setting).
+:func:`make_reject` is the ``"reject"`` defence of the registry: thresholds calibrated on
+training data (:class:`RejectParams`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .. import _validation as check
+from ..datasets.base import Dataset
 from ..errors import ConfigError, InputError
 from ..models.classifier import Classifier
+from .base import WHERE, Cache
 
-__all__ = ["ThresholdReject", "calibrate_threshold", "false_negative_rates"]
+__all__ = ["RejectParams", "ThresholdReject", "calibrate_threshold", "false_negative_rates", "make_reject"]
 
 Theta = float | Sequence[float] | Tensor
 
@@ -152,3 +158,43 @@ def calibrate_threshold(
             raise InputError(f"class {k} has no validation samples: cannot calibrate its threshold")
         out[k] = torch.quantile(mine, min(float(fnr[k]) + fnr_increase, 1.0))
     return out
+
+
+# -- the "reject" defence ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RejectParams:
+    """Parameters of the ``"reject"`` defence, checked on construction.
+
+    ``fnr_increase``: each class's false-negative rate rises by this much (0.05: the paper's
+    conservative setting); ``samples``: calibration points drawn from the training data.
+    """
+
+    fnr_increase: float = 0.05
+    samples: int = 2000
+
+    def __post_init__(self) -> None:
+        fnr = check.finite(self.fnr_increase, f"{WHERE}.fnr_increase")
+        if not 0.0 <= fnr < 1.0:
+            raise ConfigError(f"{WHERE}.fnr_increase must be in [0, 1), got {self.fnr_increase!r}")
+        object.__setattr__(self, "fnr_increase", fnr)
+        object.__setattr__(self, "samples", check.integer(self.samples, f"{WHERE}.samples", minimum=10))
+
+
+def make_reject(
+    classifier: Classifier,
+    train: Dataset,
+    params: RejectParams,
+    *,
+    label: str | None = None,
+    cache: Cache | None = None,
+) -> ThresholdReject:
+    """Melis et al.'s reject option on ``classifier``'s scores, thresholds calibrated on ``train``.
+
+    ``samples`` points of ``train`` (a fixed shuffle, seed 0) set one threshold per class for
+    the false-negative-rate increase ``fnr_increase``. Nothing is trained, so ``cache`` is unused.
+    """
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: params.samples]
+    calibration = train.subset(order)
+    scores = classifier.class_scores(classifier.scores(calibration.x))
+    theta = calibrate_threshold(scores, calibration.y.to(scores.device), params.fnr_increase)
+    return ThresholdReject(classifier, theta, name=label)

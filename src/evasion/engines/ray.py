@@ -18,8 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import MissingDependencyError
-from ..evaluation.engine import Emit, Load
-from ..evaluation.plan import Context, Task, dependents, execute, replay
+from ..evaluation.plan import Context, Emit, Load, Task, dependents, execute, replay
 from ..evaluation.records import CellOutput
 
 __all__ = ["RayEngine", "import_ray"]
@@ -99,7 +98,7 @@ class RayEngine:
         remaining = dependents(tasks)
         for task in tasks:
             deps = [products.get(k) if k else None for k in (task.state, task.search)]
-            deps += [products[h] for h in task.hints]
+            deps += [products[h] for h in (*task.hints, *task.peers)]
             stored = load(task.cell)
             if stored is not None:
                 products[task.key] = redo.remote(task, ctx_ref, stored, deps[0])

@@ -8,16 +8,18 @@
 >>> ev.worst_case("digits-cnn", "linf").auc()             # doctest: +SKIP
 >>> ev.checks                                             # attack-failure flags
 
-No I/O here: pass ``store=evasion.store.RunStore(folder)`` to make it resumable, and use
-:mod:`evasion.reports` to draw it.
+No I/O here: pass ``store=evasion.store.RunStore(folder)`` to make it resumable,
+``engine=evasion.engines.RayEngine()`` to run the cells elsewhere, and use :mod:`evasion.reports`
+to draw it.
 """
 
 from __future__ import annotations
 
 from .checks import CHECKS, Check
 from .curves import SecurityCurve
-from .engine import Engine, LocalEngine, ProgressEvent, Setup, Sink, evaluate
+from .engine import evaluate
 from .plan import Context, Task
+from .protocols import Engine, ProgressEvent, Setup, Sink
 from .records import SOURCES, Cell, CellOutput, CleanRecord, Record
 from .result import Evaluation, Example
 from .spec import AttackSpec, SpecInfo, check_epsilons
@@ -34,7 +36,6 @@ __all__ = [
     "Engine",
     "Evaluation",
     "Example",
-    "LocalEngine",
     "ProgressEvent",
     "Record",
     "SecurityCurve",

@@ -2,8 +2,10 @@
 
 Every function here is pure (inputs in, a :class:`CellOutput` out) so that the local and the Ray
 engine run exactly the same code, and a stored output can stand in for a computed one. The
-per-chain state that links the epsilons of one attack (which samples are broken, where to warm
-start) is rebuilt from outputs by :func:`advance`, whether they were just computed or loaded.
+helpers return what they computed (a :class:`Computed` part: rows, verified points, costs) and
+one function turns the parts into the cell's columns. The per-chain state that links the
+epsilons of one attack (which samples are broken, where to warm start) is rebuilt from outputs
+by :func:`advance`, whether they were just computed or loaded.
 
 Efficiency rules (Melis et al.'s security evaluation curve, computed honestly and cheaply):
 
@@ -21,23 +23,26 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..attacks.base import AttackResult
+from ..attacks.base import AttackResult, RandomStarting, Traceable
+from ..attacks.losses import attacker_view, margin
 from ..models.classifier import REJECT, Classifier
 from ..perturbations import norm as perturbation_norm
 from ..perturbations import project, random_start
 from ..threat_model import ThreatModel
-from .records import ATTACK_COLUMNS, CLEAN_COLUMNS, SOURCES, Cell, CellOutput, empty_columns
+from .records import ATTACK_COLUMNS, CLEAN_COLUMNS, SOURCES, Cell, CellOutput, Source, empty_columns
 from .spec import AttackSpec
 
 __all__ = [
     "Batch",
     "ChainState",
+    "Computed",
     "SearchResult",
     "advance",
     "cell_seed",
@@ -50,8 +55,10 @@ __all__ = [
 
 _SRC = {name: i for i, name in enumerate(SOURCES)}
 
+Columns = dict[str, np.ndarray]
 
-@dataclass
+
+@dataclass(frozen=True)
 class Batch:
     """The inputs of one batch (CPU tensors) and, per spec, its targets and mask."""
 
@@ -71,7 +78,7 @@ class Batch:
         return np.arange(self.start, self.start + self.n, dtype=np.int64)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChainState:
     """Per-sample state of one model x attack x batch chain after its largest epsilon so far."""
 
@@ -83,7 +90,7 @@ class ChainState:
     norm_value: Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchResult:
     """A minimum-norm attack's unbounded result: smallest perturbation norm and point per sample."""
 
@@ -98,13 +105,24 @@ def cell_seed(seed: int, cell: Cell) -> int:
 
 
 # -- verification ------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
+    """The evaluator's own reading of returned points (CPU tensors, one entry per point)."""
+
     prediction: Tensor
     success: Tensor
     confidence: Tensor
     norm_value: Tensor
     in_budget: Tensor
+
+    def subset(self, keep: Tensor) -> Verdict:
+        return Verdict(
+            self.prediction[keep],
+            self.success[keep],
+            self.confidence[keep],
+            self.norm_value[keep],
+            self.in_budget[keep],
+        )
 
 
 def _confidence(model: Classifier, scores: Tensor, prediction: Tensor) -> Tensor:
@@ -203,12 +221,12 @@ def _call(
     other samples are still being attacked.
     """
     attack = spec.attack if init is None else spec.warm_attack()
-    if hasattr(attack, "trace") and not getattr(attack, "trace", True):
+    if isinstance(attack, Traceable) and not attack.trace:
         attack = attack.replace(trace=True)
     threat = _threat(model, spec, epsilon, _rows(batch.mask, rows, batch.n))
     target = None if batch.targets is None else batch.targets[rows]
     generator = torch.Generator().manual_seed(seed)
-    if init is None and getattr(attack, "random_start", False) and math.isfinite(epsilon):
+    if init is None and isinstance(attack, RandomStarting) and attack.random_start and math.isfinite(epsilon):
         full = _threat(model, spec, epsilon, batch.mask)
         lower, upper = full.box_for(batch.x)
         init = random_start(batch.x, epsilon, spec.norm, lower, upper, generator)[rows]
@@ -233,21 +251,23 @@ def _improving(result: AttackResult) -> Tensor:
     return ran_all & (tail - head > 0.05 * total.abs()) & (tail - head > 1e-6)
 
 
-def _fill(
-    cols: dict[str, np.ndarray], rows: Tensor, verdict: Verdict, source: str, fwd: Tensor, bwd: Tensor
-) -> None:
-    r = rows.numpy()
-    cols["prediction"][r] = verdict.prediction.numpy()
-    cols["success"][r] = verdict.success.numpy()
-    cols["confidence"][r] = verdict.confidence.numpy()
-    cols["norm_value"][r] = verdict.norm_value.numpy()
-    cols["in_budget"][r] = verdict.in_budget.numpy()
-    cols["forwards"][r] = fwd.numpy()
-    cols["backwards"][r] = bwd.numpy()
-    cols["source"][r] = _SRC[source]
+@dataclass(frozen=True)
+class Computed:
+    """Rows of a batch that a cell computed itself: their points, the evaluator's verdict on
+    them, how they were obtained, what they cost and what the attack claimed (``reported``).
+    ``extra``: further per-row columns (gradient diagnostics, minimal norms)."""
+
+    rows: Tensor
+    points: Tensor
+    verdict: Verdict
+    source: Source
+    forwards: Tensor
+    backwards: Tensor
+    reported: Tensor
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
-def _start_columns(batch: Batch, state: ChainState) -> dict[str, np.ndarray]:
+def _start_columns(batch: Batch, state: ChainState) -> Columns:
     """Columns where every sample broken earlier is recorded as inherited."""
     cols = empty_columns(ATTACK_COLUMNS, batch.n)
     cols["index"][:] = batch.indices
@@ -262,10 +282,33 @@ def _start_columns(batch: Batch, state: ChainState) -> dict[str, np.ndarray]:
     return cols
 
 
+def _columns(batch: Batch, state: ChainState, parts: Sequence[Computed], **whole: np.ndarray) -> Columns:
+    """A cell's columns: the chain's state for every row, the ``whole`` columns given, then the
+    rows each part computed."""
+    cols = _start_columns(batch, state)
+    for key, values in whole.items():
+        cols[key][:] = values
+    for part in parts:
+        r, v = part.rows.numpy(), part.verdict
+        cols["prediction"][r] = v.prediction.numpy()
+        cols["success"][r] = v.success.numpy()
+        cols["confidence"][r] = v.confidence.numpy()
+        cols["norm_value"][r] = v.norm_value.numpy()
+        cols["in_budget"][r] = v.in_budget.numpy()
+        cols["forwards"][r] = part.forwards.numpy()
+        cols["backwards"][r] = part.backwards.numpy()
+        cols["source"][r] = _SRC[part.source]
+        cols["reported_success"][r] = part.reported.numpy()
+        for key, values in part.extra.items():
+            cols[key][r] = values
+    return cols
+
+
 def _try_hints(
     model: Classifier, spec: AttackSpec, batch: Batch, epsilon: float, todo: Tensor, hints: list[SearchResult]
-) -> tuple[Tensor, Tensor, Verdict] | None:
-    """Rows whose minimal perturbation fits in ``epsilon``: projected, then re-checked."""
+) -> tuple[Computed, Tensor] | None:
+    """Rows whose minimal perturbation fits in ``epsilon``, projected and re-checked: the part
+    whose projected points break the model, and the rows where they did not (one forward each)."""
     if not hints or spec.targeted or spec.mask is not None:
         return None
     minimal = torch.stack([h.minimal for h in hints])  # (H, n)
@@ -279,7 +322,11 @@ def _try_hints(
     x = batch.x[rows]
     lower, upper = threat.box_for(x)
     points = project(candidates, x, epsilon, spec.norm, lower, upper)
-    return rows, points, verify(model, x, points, batch.y[rows], None, threat)
+    v = verify(model, x, points, batch.y[rows], None, threat)
+    ok = v.success
+    ones = torch.ones(int(ok.sum()), dtype=torch.int64)
+    part = Computed(rows[ok], points[ok], v.subset(ok), "min-norm", ones, torch.zeros_like(ones), ok[ok])
+    return part, rows[~ok]
 
 
 def run_budget(
@@ -292,53 +339,93 @@ def run_budget(
     seed: int,
     hints: list[SearchResult] | None = None,
     search: SearchResult | None = None,
+    peers: Sequence[ChainState] = (),
 ) -> CellOutput:
     """One attack at one epsilon on the samples of a batch that are not broken yet.
 
     ``search`` (minimum-norm specs): project the unbounded result instead of attacking.
     ``hints``: unbounded results of minimum-norm attacks of the same norm, tried first.
+    ``peers`` (the self-check): the states of the norm's other attacks at this epsilon; only
+    the samples none of them broke are attacked, from their best point among the peers'.
     """
     start = time.perf_counter()
-    cols = _start_columns(batch, state)
-    done: list[tuple[Tensor, Tensor]] = []  # (rows, points) computed by this cell
     if search is not None:
-        _project_search(model, spec, batch, cell.epsilon, state, search, cols, done)
-        return _output(cell, cols, done, start)
+        projected = _project_search(model, spec, batch, cell.epsilon, state, search)
+        found: list[Computed] = [] if projected is None else [projected]
+        source = np.where(state.broken.numpy(), _SRC["inherited"], _SRC["projected"])
+        cols = _columns(batch, state, found, source=source, minimal_norm=search.minimal.numpy())
+        return _output(cell, cols, found, start)
+    parts = []
     todo = ~state.broken
+    if peers:
+        taken = _peer_part(state, peers)
+        if taken is not None:
+            parts.append(taken)
+            todo[taken.rows] = False
     extra = torch.zeros(batch.n, dtype=torch.int64)  # forwards spent on hints that failed
     hinted = _try_hints(model, spec, batch, cell.epsilon, todo, hints or [])
     if hinted is not None:
-        rows, points, v = hinted
-        ok = v.success
-        ones = torch.ones(int(ok.sum()), dtype=torch.int64)
-        _fill(cols, rows[ok], _subset(v, ok), "min-norm", ones, torch.zeros_like(ones))
-        cols["reported_success"][rows[ok].numpy()] = True
-        extra[rows[~ok]] = 1
-        todo[rows[ok]] = False
-        done.append((rows[ok], points[ok]))
+        part, failed = hinted
+        parts.append(part)
+        extra[failed] = 1
+        todo[part.rows] = False
     rows = todo.nonzero()[:, 0]
     if rows.numel():
-        init = state.points[rows] if spec.uses_warm_start() and state.epsilon > 0 else None
-        _attack_rows(model, spec, batch, cell.epsilon, rows, seed, init, extra, cols, done)
-    return _output(cell, cols, done, start)
+        if spec.role == "self-check":
+            init: Tensor | None = _best_start(model, batch, rows, [state, *peers])
+            extra[rows] += len(peers) + 1
+        else:
+            init = state.points[rows] if spec.uses_warm_start() and state.epsilon > 0 else None
+        parts.append(_attack_rows(model, spec, batch, cell.epsilon, rows, seed, init, extra[rows]))
+    return _output(cell, _columns(batch, state, parts), parts, start)
+
+
+def _peer_part(state: ChainState, peers: Sequence[ChainState]) -> Computed | None:
+    """Rows that an attack this one runs after (a peer) broke at this epsilon, recorded as the
+    first such peer's point and verdict (source ``"peer"``; nothing is recomputed)."""
+    broken = torch.stack([p.broken for p in peers])  # (P, n)
+    rows = (broken.any(0) & ~state.broken).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return None
+    pick = [peers[int(i)] for i in broken[:, rows].float().argmax(0)]
+    zeros = torch.zeros(len(rows), dtype=torch.int64)
+    verdict = Verdict(
+        torch.stack([p.prediction[r] for p, r in zip(pick, rows)]),
+        torch.ones(len(rows), dtype=torch.bool),
+        torch.stack([p.confidence[r] for p, r in zip(pick, rows)]),
+        torch.stack([p.norm_value[r] for p, r in zip(pick, rows)]),
+        torch.ones(len(rows), dtype=torch.bool),
+    )
+    points = torch.stack([p.points[r] for p, r in zip(pick, rows)])
+    return Computed(rows, points, verdict, "peer", zeros, zeros, verdict.success)
+
+
+def _best_start(model: Classifier, batch: Batch, rows: Tensor, states: Sequence[ChainState]) -> Tensor:
+    """Per row, the candidate point (one per state) with the highest reject-aware margin."""
+    y = batch.y[rows].to(model.device)
+    best_x, best_v = None, None
+    for st in states:
+        if st.epsilon <= 0:  # the clean input: no better than a start at x itself
+            continue
+        z = st.points[rows]
+        with torch.no_grad():
+            scores = model(z.to(model.device))
+            v = margin(attacker_view(model, scores, y, None), y, None).cpu()
+        if best_x is None or best_v is None:
+            best_x, best_v = z.clone(), v
+            continue
+        better = v > best_v
+        best_x[better], best_v = z[better], torch.where(better, v, best_v)
+    return batch.x[rows].clone() if best_x is None else best_x
 
 
 def _project_search(
-    model: Classifier,
-    spec: AttackSpec,
-    batch: Batch,
-    eps: float,
-    state: ChainState,
-    search: SearchResult,
-    cols: dict[str, np.ndarray],
-    done: list[tuple[Tensor, Tensor]],
-) -> None:
+    model: Classifier, spec: AttackSpec, batch: Batch, eps: float, state: ChainState, search: SearchResult
+) -> Computed | None:
     """A minimum-norm attack at a budget: its unbounded points projected onto the ball, re-checked."""
-    cols["source"][(~state.broken).numpy()] = _SRC["projected"]
-    cols["minimal_norm"][:] = search.minimal.numpy()
     rows = (~state.broken & torch.isfinite(search.minimal)).nonzero()[:, 0]
     if rows.numel() == 0:
-        return
+        return None
     threat = _threat(model, spec, eps, _rows(batch.mask, rows, batch.n))
     x = batch.x[rows]
     lower, upper = threat.box_for(x)
@@ -346,9 +433,18 @@ def _project_search(
     target = None if batch.targets is None else batch.targets[rows]
     v = verify(model, x, points, batch.y[rows], target, threat)
     ones = torch.ones(len(rows), dtype=torch.int64)
-    _fill(cols, rows, v, "projected", ones, torch.zeros_like(ones))
-    cols["reported_success"][rows.numpy()] = v.success.numpy()
-    done.append((rows, points))
+    return Computed(rows, points, v, "projected", ones, torch.zeros_like(ones), v.success)
+
+
+def _gradient_diagnostics(result: AttackResult) -> dict[str, np.ndarray]:
+    """Per-row columns from the attack's own statistics, and whether it was still improving."""
+    out = {
+        key: result.stats[stat].cpu().numpy()
+        for key, stat in (("zero_grad", "zero_grad_steps"), ("nonfinite_grad", "nonfinite_grad_steps"))
+        if stat in result.stats
+    }
+    out["improving"] = _improving(result).numpy()
+    return out
 
 
 def _attack_rows(
@@ -359,41 +455,33 @@ def _attack_rows(
     rows: Tensor,
     seed: int,
     init: Tensor | None,
-    extra: Tensor,
-    cols: dict[str, np.ndarray],
-    done: list[tuple[Tensor, Tensor]],
-) -> None:
-    """Run the attack on ``rows``, re-verify its points, and record them with its diagnostics."""
+    spent: Tensor,
+) -> Computed:
+    """Run the attack on ``rows`` and re-verify its points (``spent``: forwards already spent)."""
     result = _call(model, spec, batch, rows, eps, seed, init)
     threat = _threat(model, spec, eps, _rows(batch.mask, rows, batch.n))
     target = None if batch.targets is None else batch.targets[rows]
     v = verify(model, batch.x[rows], result.adversarial, batch.y[rows], target, threat)
-    _fill(cols, rows, v, "attack", result.forwards + 1 + extra[rows], result.backwards)
-    r = rows.numpy()
-    cols["reported_success"][r] = result.success.numpy()
-    for key, stat in (("zero_grad", "zero_grad_steps"), ("nonfinite_grad", "nonfinite_grad_steps")):
-        if stat in result.stats:
-            cols[key][r] = result.stats[stat].cpu().numpy()
-    cols["improving"][r] = _improving(result).numpy()
-    done.append((rows, result.adversarial))
-
-
-def _subset(v: Verdict, keep: Tensor) -> Verdict:
-    return Verdict(
-        *(getattr(v, f)[keep] for f in ("prediction", "success", "confidence", "norm_value", "in_budget"))
+    return Computed(
+        rows,
+        result.adversarial,
+        v,
+        "attack",
+        result.forwards + 1 + spent,
+        result.backwards,
+        result.success,
+        _gradient_diagnostics(result),
     )
 
 
-def _output(
-    cell: Cell, cols: dict[str, np.ndarray], done: list[tuple[Tensor, Tensor]], start: float
-) -> CellOutput:
+def _output(cell: Cell, cols: Columns, parts: Sequence[Computed], start: float) -> CellOutput:
     """The cell's output: its columns and the points it computed, sorted by sample index."""
     first = int(cols["index"][0]) if len(cols["index"]) else 0
-    if done:
-        local = torch.cat([rows for rows, _ in done])
+    if parts:
+        local = torch.cat([p.rows for p in parts])
         order = local.argsort()
         indices = (local[order].numpy() + first).astype(np.int64)
-        adversarial: Tensor | None = torch.cat([p.detach().cpu() for _, p in done])[order].contiguous()
+        adversarial: Tensor | None = torch.cat([p.points.detach().cpu() for p in parts])[order].contiguous()
     else:
         indices, adversarial = np.zeros(0, dtype=np.int64), None
     return CellOutput(cell, cols, indices, adversarial, time.perf_counter() - start)
@@ -404,23 +492,27 @@ def run_search(
 ) -> CellOutput:
     """A minimum-norm attack without a budget on the samples the clean input does not break."""
     start = time.perf_counter()
-    cols = _start_columns(batch, state)
-    cols["minimal_norm"][:] = np.where(state.broken.numpy(), 0.0, math.inf)
+    minimal = np.where(state.broken.numpy(), 0.0, math.inf)
     rows = (~state.broken).nonzero()[:, 0]
     if rows.numel() == 0:
-        return _output(cell, cols, [], start)
+        return _output(cell, _columns(batch, state, [], minimal_norm=minimal), [], start)
     result = _call(model, spec, batch, rows, math.inf, seed, None)
     threat = _threat(model, spec, math.inf, _rows(batch.mask, rows, batch.n))
     target = None if batch.targets is None else batch.targets[rows]
     v = verify(model, batch.x[rows], result.adversarial, batch.y[rows], target, threat)
-    _fill(cols, rows, v, "search", result.forwards + 1, result.backwards)
-    r = rows.numpy()
-    cols["reported_success"][r] = result.success.numpy()
     # the verified norm of the unprojected point (the attack's own claim is re-checked)
-    cols["minimal_norm"][r] = torch.where(
-        v.success, v.norm_value, torch.full_like(v.norm_value, math.inf)
-    ).numpy()
-    return _output(cell, cols, [(rows, result.adversarial)], start)
+    found = torch.where(v.success, v.norm_value, torch.full_like(v.norm_value, math.inf))
+    part = Computed(
+        rows,
+        result.adversarial,
+        v,
+        "search",
+        result.forwards + 1,
+        result.backwards,
+        result.success,
+        {"minimal_norm": found.numpy()},
+    )
+    return _output(cell, _columns(batch, state, [part], minimal_norm=minimal), [part], start)
 
 
 def search_result(out: CellOutput, batch: Batch) -> SearchResult:

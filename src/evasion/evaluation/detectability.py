@@ -10,6 +10,16 @@ share of adversarial examples caught when only 5% of clean inputs are flagged).
 
 For dynamic adversaries (Sect. 4.1.2) an adversarial example that does not fool the classifier
 is ignored, with its clean original: ``keep`` selects the pairs that count.
+
+**Which threshold.** A deployed system (:class:`~evasion.defenses.DetectedClassifier`) rejects
+above *its* threshold, often far below 0.5 (one set for a 5% false-positive rate): given the
+system, :func:`detectability` scores at that threshold, the one users face. A bare
+:class:`~evasion.defenses.detector.Detector` has only its own two-class decision, ``p_adv > 0.5``
+(the paper's protocol); pass ``threshold=`` to score any other.
+
+**Noise baseline.** :func:`noise_baseline` measures how often a system with a reject option
+rejects *random* perturbations of the attacks' norms and sizes. A detector that flags noise as
+often as adversarial examples detects perturbations, not attacks.
 """
 
 from __future__ import annotations
@@ -22,15 +32,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..attacks.noise import Noise, NoiseKind
+from ..defenses.detected import DetectedClassifier
 from ..defenses.detector import Detector, threshold_for_fpr
 from ..errors import ConfigError, InputError
+from ..models.classifier import REJECT, Classifier
+from ..threat_model import Norm, ThreatModel
 
 __all__ = [
     "Detectability",
     "DetectabilityMatrix",
+    "NoiseBaseline",
     "detectability",
     "detectability_from_scores",
     "generalisation_matrix",
+    "noise_baseline",
 ]
 
 
@@ -113,21 +129,31 @@ def detectability_from_scores(
 
 
 def detectability(
-    detector: Detector,
+    detector: Detector | DetectedClassifier,
     clean: Tensor,
     adversarial: Tensor,
     *,
     keep: Tensor | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     fpr: float = 0.05,
     batch_size: int = 512,
     generator: torch.Generator | None = None,
 ) -> Detectability:
     """Detectability of ``detector`` on clean inputs and their adversarial examples (footnote 3).
 
+    ``detector``: a deployed system (scored at its own threshold unless ``threshold`` is given)
+    or a bare detector (scored at ``threshold``, default 0.5, the paper's decision).
     ``keep`` (boolean, one per pair) keeps only some pairs, e.g. those whose adversarial example
     fools the classifier (the paper's evaluation of dynamic adversaries).
     """
+    if isinstance(detector, DetectedClassifier):
+        threshold = detector.threshold if threshold is None else threshold
+        detector = detector.detector
+    elif not isinstance(detector, Detector):
+        raise ConfigError(
+            f"detectability needs a Detector or a DetectedClassifier, got {type(detector).__name__}"
+        )
+    threshold = 0.5 if threshold is None else threshold
     if adversarial.shape != clean.shape:
         raise InputError(
             f"one adversarial example per clean input is needed, got {tuple(adversarial.shape)} and {tuple(clean.shape)}"
@@ -182,3 +208,51 @@ def generalisation_matrix(
         title=title,
         details=details,
     )
+
+
+@dataclass(frozen=True)
+class NoiseBaseline:
+    """How often a system rejects random noise: ``rates[kind][i]`` at ``epsilons[i]``."""
+
+    norm: str
+    epsilons: tuple[float, ...]
+    rates: dict[str, tuple[float, ...]]
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "norm": self.norm,
+            "epsilons": list(self.epsilons),
+            "rates": {k: list(v) for k, v in self.rates.items()},
+            "n": self.n,
+        }
+
+
+def noise_baseline(
+    system: Classifier,
+    x: Tensor,
+    y: Tensor,
+    norm: Norm,
+    epsilons: Sequence[float],
+    *,
+    kinds: Sequence[NoiseKind] = ("uniform", "gaussian"),
+    generator: torch.Generator | None = None,
+) -> NoiseBaseline:
+    """Flag rate (fraction rejected) of ``system`` on random noise of ``norm`` at each epsilon.
+
+    Compare it with the fraction of adversarial examples the system rejects at the same budget:
+    a detector is only evidence of *adversarial* detection where it rejects attacks clearly more
+    often than noise.
+    """
+    if not system.rejects:
+        raise ConfigError(f"model {system.name!r} has no reject option: there is no flag rate to measure")
+    gen = generator or torch.Generator().manual_seed(0)
+    rates: dict[str, tuple[float, ...]] = {}
+    for kind in kinds:
+        attack = Noise(kind=kind)
+        row = []
+        for eps in epsilons:
+            r = attack(system, x, y, threat=ThreatModel(norm, float(eps)), generator=gen)
+            row.append(float((r.predictions == REJECT).double().mean()))
+        rates[kind] = tuple(row)
+    return NoiseBaseline(norm, tuple(float(e) for e in epsilons), rates, int(x.shape[0]))

@@ -2,118 +2,46 @@
 
 The library does no I/O itself: a *sink* (``evasion.store.RunStore``) says which cells are
 already committed, loads them and commits new ones; a *progress* callback receives
-:class:`ProgressEvent` s (the CLI draws them as bars). Engines only decide where cells run: the
-local engine runs them in plan order in this process, ``evasion.engines.RayEngine`` as Ray tasks.
+:class:`ProgressEvent` s (the CLI draws them as bars). Engines only decide where cells run
+(``evasion.engines``: ``LocalEngine`` in this process, ``RayEngine`` as Ray tasks). Without an
+engine the plan runs in order in this process (:func:`~evasion.evaluation.plan.run_in_order`,
+the very loop ``LocalEngine`` wraps): the default needs nothing from ``engines/``, which sits
+above this package, so there is no import cycle. The protocols live in :mod:`.protocols`; they
+are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import _validation as check
 from .._validation import check_images
 from ..datasets.base import Dataset
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, UnknownNameError
 from ..models.classifier import Classifier, as_classifier
-from .plan import (
-    Context,
-    Product,
-    Task,
-    check_mask_rows,
-    default_threads,
-    dependents,
-    execute,
-    make_plan,
-    replay,
-)
+from .plan import Context, Task, check_mask_rows, default_threads, make_plan, run_in_order
+from .protocols import Emit, Engine, Load, ProgressEvent, Setup, Sink
 from .records import SOURCES, Cell, CellOutput
 from .result import Evaluation, Example
-from .spec import AttackSpec, SpecInfo
+from .spec import AttackSpec
+from .suite import self_check_specs, suites
 
-__all__ = ["Engine", "LocalEngine", "ProgressEvent", "Setup", "Sink", "evaluate"]
-
-Load = Callable[[Cell], "CellOutput | None"]
-Emit = Callable[[CellOutput, bool], None]
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """``kind="start"`` (``groups``: cells per model/attack), ``"cell"`` (one cell done, ``cached``
-    when read from the store) or ``"finish"``."""
-
-    kind: str
-    total: int
-    done: int
-    groups: Mapping[str, int] = field(default_factory=dict)
-    group: str = ""
-    cell: Cell | None = None
-    cached: bool = False
-    seconds: float = 0.0
-
-    @property
-    def description(self) -> str:
-        return self.cell.describe() if self.cell is not None else self.kind
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What a store checks before it accepts results: same data, models, specs and batching."""
-
-    data: str
-    samples: int
-    models: dict[str, str]  # name -> fingerprint
-    specs: list[SpecInfo]
-    batch_size: int
-    seed: int
-    classes: list[str] = field(default_factory=list)
-    planned: list[str] = field(default_factory=list)  # keys of the cells this invocation needs
-    data_fingerprint: str = ""
-
-
-class Sink(Protocol):
-    """Where cell outputs go (``evasion.store.RunStore`` implements it)."""
-
-    def prepare(self, setup: Setup) -> None: ...
-    def save_inputs(self, x: Tensor, y: Tensor) -> None: ...
-    def completed(self) -> set[str]: ...
-    def load(self, cell: Cell) -> CellOutput: ...
-    def commit(self, output: CellOutput) -> None: ...
-
-
-class Engine(Protocol):
-    """Runs tasks; calls ``emit`` once per task with its output (``cached`` if loaded)."""
-
-    def run(self, tasks: Sequence[Task], ctx: Context, load: Load, emit: Emit) -> None: ...
-
-
-class LocalEngine:
-    """Runs the tasks in plan order in this process, dropping products nobody needs any more."""
-
-    def run(self, tasks: Sequence[Task], ctx: Context, load: Load, emit: Emit) -> None:
-        products: dict[str, Product] = {}
-        remaining = dependents(tasks)
-        for task in tasks:
-            args = [products.get(k) if k else None for k in (task.state, task.search)] + [
-                products[h] for h in task.hints
-            ]
-            stored = load(task.cell)
-            if stored is not None:
-                product = replay(task, ctx, stored, args[0])
-                emit(stored, True)
-            else:
-                out, product = execute(task, ctx, *args)
-                emit(out, False)
-            if remaining[task.key]:
-                products[task.key] = product
-            for k in task.needs:
-                remaining[k] -= 1
-                if remaining[k] == 0:
-                    products.pop(k, None)
+__all__ = [
+    "Emit",
+    "Engine",
+    "Load",
+    "ProgressEvent",
+    "Setup",
+    "Sink",
+    "data_fingerprint",
+    "evaluate",
+    "fingerprint",
+]
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -160,24 +88,28 @@ def _specs(attacks: AttackSpec | Sequence[AttackSpec]) -> dict[str, AttackSpec]:
     return out
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A digest of a model's parameters and buffers (a store refuses results of another model)."""
-    import hashlib
+def _weight_bytes(t: Tensor) -> bytes:
+    """A tensor's bytes on the CPU; dtypes numpy lacks (bfloat16, float8) as float32 values."""
+    t = t.detach().cpu()
+    if t.is_floating_point() and (t.dtype == torch.bfloat16 or t.element_size() == 1):
+        t = t.float()
+    return t.contiguous().numpy().tobytes()
 
+
+def fingerprint(model: nn.Module) -> str:
+    """A digest of a model's parameters and buffers (a store refuses results of another model).
+
+    Works for weights on any device and in any dtype; float32 CPU weights hash their raw bytes.
+    """
     h = hashlib.sha256(type(model).__name__.encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(
-            t.detach().cpu().contiguous().numpy().tobytes()
-            if t.dtype != torch.bfloat16
-            else t.float().numpy().tobytes()
-        )
+        h.update(_weight_bytes(t))
     return h.hexdigest()[:16]
 
 
 def data_fingerprint(x: Tensor, y: Tensor) -> str:
-    import hashlib
-
+    """A digest of the evaluated inputs and labels (CPU tensors)."""
     h = hashlib.sha256(repr(tuple(x.shape)).encode())
     h.update(x.contiguous().numpy().tobytes())
     h.update(y.contiguous().numpy().tobytes())
@@ -200,7 +132,7 @@ class ExamplePicker:
             if index >= self.pool:
                 break
             row = index - first
-            if not cols["success"][row] or SOURCES[int(cols["source"][row])] == "inherited":
+            if not cols["success"][row] or SOURCES[int(cols["source"][row])] in ("inherited", "peer"):
                 continue
             key = (cell.model, cell.attack, index)
             if key not in self._best or cell.epsilon < self._best[key][0]:
@@ -242,8 +174,10 @@ class ExamplePicker:
 def evaluate(
     models: Classifier | nn.Module | Mapping[str, nn.Module],
     data: Dataset | tuple[Tensor, Tensor],
-    attacks: AttackSpec | Sequence[AttackSpec],
+    attacks: AttackSpec | Sequence[AttackSpec] | None = None,
     *,
+    epsilons: Mapping[str, Sequence[float]] | None = None,
+    self_check: bool = True,
     batch_size: int = 256,
     seed: int = 0,
     progress: Callable[[ProgressEvent], None] | None = None,
@@ -254,19 +188,31 @@ def evaluate(
     """Security evaluation curves of ``models`` on ``data`` under ``attacks``.
 
     Each model is evaluated as it is (a classifier with a reject option gets reject semantics).
+    ``attacks``: the attack specs; ``None`` runs each model's default suite
+    (:func:`~evasion.evaluation.suite.default_suite`: adapted to its defence) over ``epsilons``
+    (norm -> grid; default :data:`~evasion.evaluation.suite.DEFAULT_EPSILONS`). ``self_check``:
+    per norm, re-attack the points every attack left unbroken with a different, longer attack
+    started from their best points; the worst case includes what it breaks, and a check flags
+    the norm when it breaks more than 1% of the samples (the attacks were too weak).
     With a ``store`` (e.g. ``evasion.store.RunStore(path)``), committed cells are read back
     instead of recomputed and every new cell is committed as soon as it is done, so an
     interrupted evaluation resumes where it stopped. ``engine``: where cells run (default: this
     process). ``reuse_minimal_norms``: fixed-budget attacks first try the points of minimum-norm
     attacks of the same norm (re-verified). Returns records, curves and attack-failure checks.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    check.integer(batch_size, "batch_size", minimum=1)
+    check.integer(seed, "seed")
     x, y, data_name, classes = _data(data)
     clfs = _models(models, x)
+    if attacks is None:
+        attacks = suites(clfs, epsilons)
+    elif epsilons is not None:
+        raise ConfigError("epsilons= is for the default suite; with attacks, each AttackSpec has its grid")
     specs = _specs(attacks)
+    for name in sorted({m for s in specs.values() for m in s.models or ()} - set(clfs)):
+        raise UnknownNameError("model of an attack's models", name, list(clfs))
+    if self_check:
+        specs.update({str(s.name): s for s in self_check_specs(list(specs.values()))})
     for clf in clfs.values():
         check_images(x, input_shape=clf.input_shape, bounds=clf.bounds)
         clf.check_labels(y, len(y))
@@ -294,7 +240,10 @@ def evaluate(
         store.save_inputs(x, y)
         done = store.completed()
     run = _Run(tasks, store, done, progress)
-    (engine or LocalEngine()).run(tasks, ctx, run.load, run.emit)
+    if engine is None:
+        run_in_order(tasks, ctx, run.load, run.emit)
+    else:
+        engine.run(tasks, ctx, run.load, run.emit)
     run.finish()
     ev = Evaluation.from_outputs(
         list(clfs),
@@ -303,8 +252,7 @@ def evaluate(
         run.outputs,
         meta={"data": data_name, "seed": seed, "batch_size": batch_size},
     )
-    ev.examples.extend(run.picker.examples(x, y, ev.clean_columns))
-    return ev
+    return ev.with_examples(run.picker.examples(x, y, ev.clean_columns))
 
 
 class _Run:

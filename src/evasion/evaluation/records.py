@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
@@ -20,14 +20,23 @@ __all__ = [
     "CLEAN_COLUMNS",
     "SOURCES",
     "Cell",
+    "CellKind",
     "CellOutput",
     "CleanRecord",
     "Record",
+    "Source",
     "empty_columns",
 ]
 
-#: how a record's point was obtained (stored as a small integer code)
-SOURCES = ("clean", "attack", "inherited", "min-norm", "projected", "search")
+#: how a record's point was obtained
+#: (``"peer"``: a self-check record of a point another attack of the norm broke at this epsilon)
+Source = Literal["clean", "attack", "inherited", "min-norm", "projected", "search", "peer"]
+#: the sources in the order of their stored integer codes
+SOURCES: tuple[Source, ...] = ("clean", "attack", "inherited", "min-norm", "projected", "search", "peer")
+
+#: what a cell computes: clean predictions, a minimum-norm attack without a budget, or an attack
+#: at one epsilon
+CellKind = Literal["clean", "search", "budget"]
 
 #: per-sample columns of an attack cell and their numpy dtypes
 ATTACK_COLUMNS: dict[str, Any] = {
@@ -72,7 +81,7 @@ class Cell:
     """One unit of work. ``kind``: ``"clean"``, ``"search"`` (a minimum-norm attack without a
     budget, ``epsilon = inf``) or ``"budget"`` (an attack at one epsilon)."""
 
-    kind: str
+    kind: CellKind
     model: str
     attack: str
     epsilon: float
@@ -128,7 +137,7 @@ class Record:
     forwards: int
     backwards: int
     confidence: float
-    source: str
+    source: Source
     minimal_norm: float | None  # minimum-norm attacks only
 
 

@@ -1,7 +1,8 @@
 """`Evaluation`: the records of an evaluation and everything derived from them.
 
 It is built from cell outputs alone (just computed, or read back from a store), so a report can
-be re-rendered from a run folder without re-running anything.
+be re-rendered from a run folder without re-running anything. It is frozen: what derives from the
+records (curves, checks) is computed from them on demand, and the checks are computed once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -51,7 +53,7 @@ def _merge(outputs: Sequence[CellOutput]) -> Columns:
     return {k: v[order] for k, v in cols.items()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluation:
     """Per-sample records of models x attacks x epsilons, with curves, checks and queries.
 
@@ -67,7 +69,6 @@ class Evaluation:
     examples: list[Example] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     incomplete: list[tuple[str, str, float]] = field(default_factory=list)
-    _checks: list[Check] | None = field(default=None, repr=False)
 
     @classmethod
     def from_outputs(
@@ -108,6 +109,10 @@ class Evaluation:
             incomplete,
         )
 
+    def with_examples(self, examples: Iterable[Example]) -> Evaluation:
+        """The same evaluation with ``examples`` added (e.g. picked while its cells ran)."""
+        return replace(self, examples=[*self.examples, *examples])
+
     # -- lookups ---------------------------------------------------------------------------------
     def _spec(self, attack: str) -> SpecInfo:
         if attack not in self.specs:
@@ -147,7 +152,9 @@ class Evaluation:
 
     def worst_case(self, model: str, norm: str) -> SecurityCurve:
         """Worst case per sample over every untargeted attack of ``norm``."""
-        names = [s.name for s in self.specs.values() if s.norm == norm and not s.targeted]
+        names = [
+            s.name for s in self.specs.values() if s.norm == norm and not s.targeted and s.applies_to(model)
+        ]
         if not names:
             raise UnknownNameError(f"{norm} attack", norm, sorted({s.norm for s in self.specs.values()}))
         steps = worst_status([self._steps(self._model(model), a) for a in names])
@@ -155,12 +162,16 @@ class Evaluation:
 
     def curves(self) -> list[SecurityCurve]:
         """Every per-attack curve and every worst-case curve."""
-        out = [self.curve(m, a) for m in self.models for a in self.specs]
-        out += [self.worst_case(m, n) for m in self.models for n in self.norms if self._has_untargeted(n)]
+        out = [self.curve(m, a) for m in self.models for a in self.attacks_of(m)]
+        out += [self.worst_case(m, n) for m in self.models for n in self.norms if self._has_untargeted(m, n)]
         return out
 
-    def _has_untargeted(self, norm: str) -> bool:
-        return any(s.norm == norm and not s.targeted for s in self.specs.values())
+    def attacks_of(self, model: str) -> list[str]:
+        """The attacks that ran on ``model`` (an attack may be restricted to some models)."""
+        return [a for a, s in self.specs.items() if s.applies_to(model)]
+
+    def _has_untargeted(self, model: str, norm: str) -> bool:
+        return any(s.norm == norm and not s.targeted and s.applies_to(model) for s in self.specs.values())
 
     def minimal_norms(self, model: str, attack: str) -> Tensor | None:
         """Smallest adversarial perturbation per sample from a minimum-norm attack (0 where the clean
@@ -224,19 +235,19 @@ class Evaluation:
         bwd = sum(int(c["backwards"].sum()) for c in table.values())
         return fwd, bwd
 
+    @cached_property
+    def _all_checks(self) -> tuple[Check, ...]:
+        return tuple(run_checks(self))
+
     @property
     def checks(self) -> list[Check]:
         """Attack-failure flags raised by this evaluation (``checks_run`` lists what was checked)."""
-        if self._checks is None:
-            self._checks = run_checks(self)
-        return [c for c in self._checks if c.level != "ok"]
+        return [c for c in self._all_checks if c.level != "ok"]
 
     @property
     def checks_run(self) -> list[Check]:
         """Every check made, passed ones (``level == "ok"``) included."""
-        if self._checks is None:
-            self._checks = run_checks(self)
-        return list(self._checks)
+        return list(self._all_checks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -249,7 +260,7 @@ class Evaluation:
             "queries": {
                 f"{m}/{a}": dict(zip(("forwards", "backwards"), self.queries(m, a)))
                 for m in self.models
-                for a in self.specs
+                for a in self.attacks_of(m)
             },
             "incomplete": [list(i) for i in self.incomplete],
         }

@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ..attacks.base import Attack
+from .. import _validation as check
+from ..attacks.base import Attack, Stepped
 from ..errors import ConfigError
 from ..threat_model import ThreatModel
 
 __all__ = ["AttackSpec", "SpecInfo", "check_epsilons", "is_black_box"]
 
 Targets = Tensor | Callable[[Tensor], Tensor]
+#: ``"attack"``: an attack the user (or the default suite) chose; ``"self-check"``: the re-attack
+#: of the points every attack of its norm left unbroken (added by ``evaluate``)
+Role = Literal["attack", "self-check"]
 
 
 def check_epsilons(values: object, where: str = "epsilons") -> tuple[float, ...]:
     """A non-empty grid of finite, non-negative numbers -> sorted, unique, starting with 0.0."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | Tensor):
-        raise ConfigError(f"{where} must be a list of numbers, got {values!r}")
-    grid = []
-    for v in list(values):
-        if isinstance(v, Tensor) and v.numel() == 1:
-            v = v.item()
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where} must contain numbers, got {v!r}")
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{where} must be finite and >= 0, got {v!r}")
-        grid.append(float(v))
-    if not grid:
-        raise ConfigError(f"{where} is empty; give at least one epsilon")
-    return tuple(sorted({0.0, *grid}))
+    return check.epsilon_grid(values, where)
 
 
 def default_name(attack: Attack, norm: str) -> str:
@@ -44,12 +34,8 @@ def default_name(attack: Attack, norm: str) -> str:
 
 
 def is_black_box(attack: Attack) -> bool:
-    """Whether an attack does without the target model's gradients (score-based or transfer)."""
-    return bool(
-        getattr(attack, "black_box", False)
-        or getattr(attack, "gradient_free", False)
-        or getattr(attack, "transfer", False)
-    )
+    """Whether an attack does without the target model's gradients (``Attack.black_box``)."""
+    return bool(attack.black_box)
 
 
 @dataclass(frozen=True)
@@ -75,6 +61,14 @@ class AttackSpec:
         warm_steps: steps of the warm-started epsilons (after the first): a warm-started
             sample continues an optimisation that already ran at the smaller budget, so fewer
             steps may suffice (``None``: the attack's own ``steps``).
+        models: names of the models this attack runs on (``None``: every model of the
+            evaluation), e.g. a detector-aware attack only on the detector-defended model.
+        after: names of attacks of the same norm this one runs after, AutoAttack-style: at each
+            epsilon it attacks only the samples none of them broke, and records theirs as
+            broken (source ``"peer"``), so its curve is the worst case of the cascade so far.
+            Much cheaper than independent runs when the earlier attacks break most points.
+        role: ``"self-check"`` for the re-attack ``evaluate`` adds per norm (not for users):
+            it runs after every untargeted attack of its norm, from their best points.
     """
 
     attack: Attack
@@ -86,6 +80,9 @@ class AttackSpec:
     mask: Tensor | None = field(default=None, compare=False)
     warm_start: bool = False
     warm_steps: int | None = None
+    models: Sequence[str] | None = None
+    after: Sequence[str] = ()
+    role: Role = "attack"
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, Attack):
@@ -115,14 +112,24 @@ class AttackSpec:
             )
         if self.mask is not None:
             ThreatModel(norm, 0.0, mask=self.mask)  # validates dtype and shape
+        if self.models is not None:
+            if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
+                raise ConfigError(
+                    f"models of attack {name!r} must be a list of model names, got {self.models!r}"
+                )
+            if not self.models:
+                raise ConfigError(f"attack {name!r} runs on no model (models is empty)")
+            object.__setattr__(self, "models", tuple(self.models))
+        if isinstance(self.after, str) or not all(isinstance(a, str) and a for a in self.after):
+            raise ConfigError(f"after of attack {name!r} must be a list of attack names, got {self.after!r}")
+        object.__setattr__(self, "after", tuple(self.after))
+        if name in self.after:
+            raise ConfigError(f"attack {name!r} cannot run after itself")
+        if self.role not in ("attack", "self-check"):
+            raise ConfigError(f"role must be 'attack' or 'self-check', got {self.role!r}")
         if self.warm_steps is not None:
-            if (
-                isinstance(self.warm_steps, bool)
-                or not isinstance(self.warm_steps, int)
-                or self.warm_steps < 1
-            ):
-                raise ConfigError(f"warm_steps must be a positive integer, got {self.warm_steps!r}")
-            if not isinstance(getattr(self.attack, "steps", None), int):
+            check.integer(self.warm_steps, "warm_steps", minimum=1)
+            if not isinstance(self.attack, Stepped):
                 raise ConfigError(
                     f"warm_steps needs an attack with a `steps` parameter, not {self.attack.name}"
                 )
@@ -130,6 +137,10 @@ class AttackSpec:
     @property
     def label(self) -> str:
         return self.name if self.name is not None else default_name(self.attack, self.norm)
+
+    def applies_to(self, model: str) -> bool:
+        """Whether this attack runs on ``model`` (see ``models``)."""
+        return self.models is None or model in self.models
 
     @property
     def minimum_norm(self) -> bool:
@@ -145,8 +156,9 @@ class AttackSpec:
         return tuple(e for e in self.epsilons if e > 0)
 
     def uses_warm_start(self) -> bool:
-        steps = getattr(self.attack, "steps", 1)
-        return self.warm_start and not self.minimum_norm and isinstance(steps, int) and steps > 1
+        """Whether later epsilons start from the previous one's points (multi-step attacks)."""
+        stepped = isinstance(self.attack, Stepped) and self.attack.steps > 1
+        return self.warm_start and not self.minimum_norm and stepped
 
     def warm_attack(self) -> Attack:
         """The attack run on warm-started epsilons (``warm_steps`` steps)."""
@@ -179,6 +191,9 @@ class AttackSpec:
             targeted=self.targeted,
             black_box=self.black_box,
             fingerprint=self.fingerprint(y),
+            models=tuple(self.models or ()),
+            role=self.role,
+            after=tuple(self.after),
         )
 
     def fingerprint(self, y: Tensor | None = None) -> str:
@@ -192,6 +207,8 @@ class AttackSpec:
             self.warm_steps,
         ):
             h.update(repr(part).encode())
+        if self.models is not None or self.role != "attack" or self.after:  # older runs keep their digests
+            h.update(repr((tuple(self.models or ()), self.role, tuple(self.after))).encode())
         for t in (self.mask, None if y is None else self.resolve_targets(y)):
             if t is not None:
                 h.update(repr(tuple(t.shape)).encode())
@@ -212,6 +229,12 @@ class SpecInfo:
     targeted: bool = False
     black_box: bool = False
     fingerprint: str = ""
+    models: tuple[str, ...] = ()  # empty: every model
+    role: str = "attack"
+    after: tuple[str, ...] = ()
+
+    def applies_to(self, model: str) -> bool:
+        return not self.models or model in self.models
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -224,8 +247,18 @@ class SpecInfo:
             "targeted": self.targeted,
             "black_box": self.black_box,
             "fingerprint": self.fingerprint,
+            "models": list(self.models),
+            "role": self.role,
+            "after": list(self.after),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpecInfo:
-        return cls(**{**d, "epsilons": tuple(float(e) for e in d["epsilons"])})
+        return cls(
+            **{
+                **d,
+                "epsilons": tuple(float(e) for e in d["epsilons"]),
+                "models": tuple(d.get("models", ())),
+                "after": tuple(d.get("after", ())),
+            }
+        )

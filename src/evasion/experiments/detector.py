@@ -1,16 +1,21 @@
 """`evasion reproduce detector`: Metzen et al. (2017), "On detecting adversarial perturbations".
 
-Runs on ``mnist-cnn`` / ``mnist5k`` (CPU-sized) and writes ``report.html`` + ``results.json``:
+Runs on ``mnist-cnn`` / ``mnist5k`` (CPU-sized); :func:`reproduce` returns a
+:class:`~evasion.experiments.detector_records.DetectorResults` and writes nothing (the CLI writes
+``report.html`` + ``results.json``):
 
 1. static adversaries (Fast, Iterative L∞ / L2, DeepFool L2 / L∞) over the paper's epsilon grids,
    one detector trained per adversary and epsilon; detectability vs. classifier accuracy (Fig. 2
    left) and per attachment layer at the smallest epsilon below 30% accuracy (Fig. 2 right);
 2. generalisation matrices: epsilon_fit x epsilon_test (Fig. 3) and adversary x adversary (Fig. 4);
 3. the dynamic adversary for sigma in 0..1 against the static detector and a detector hardened by
-   dynamic adversary training (Fig. 5), with the clean accuracy of the combined system;
+   dynamic adversary training (Fig. 5), with the clean accuracy of the combined system; beside
+   the paper's protocol (CE dynamic adversary, detectability at p_adv > 0.5), the same sweep by
+   the threshold-aware dynamic adversary (``detector_loss="hinge"``) against each system deployed
+   at its 5%-FPR threshold, scored at that threshold, with the fraction of inputs that evade it;
 4. security evaluation curves of the undefended classifier and the detector-defended systems
    under the static attack (BIM on the classifier) and adaptive ones that see the detector (PGD
-   on the reject-aware margin, the dynamic adversary), rejected fractions included.
+   on the reject-aware margin, the threshold-aware dynamic adversary), rejected fractions included.
 
 Epsilons: the paper's grids are in [0, 255] units on 32x32x3 CIFAR images. A CNN on MNIST needs
 far larger L∞ perturbations to be fooled, so one paper unit maps to ``linf_unit`` (0.08, about
@@ -22,72 +27,49 @@ iterative methods, 10 iterations, and alpha = 0.25 for the dynamic adversary.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import torch
 
 from .. import datasets, models
 from ..attacks import BIM, FGSM, PGD, Attack, DeepFool, DynamicAdversary
-from ..cli.common import ProgressBar, environment, pick_device, progress, write_json
 from ..defenses.detected import DetectedClassifier
 from ..defenses.detector import Detector
 from ..defenses.detector_training import (
     TrainingConfig,
     adversarial_examples,
-    fit_detector,
     train_dynamic_detector,
 )
+from ..defenses.static_detector import fit_static_detector
 from ..errors import ConfigError
 from ..evaluation import AttackSpec, evaluate
-from ..evaluation.detectability import detectability, generalisation_matrix
+from ..evaluation.detectability import DetectabilityMatrix, detectability, generalisation_matrix
+from ..progress import NULL_PROGRESS, ProgressBar
 from ..threat_model import ThreatModel
+from .detector_records import (
+    AwareSweep,
+    CurvesResult,
+    CurveSummary,
+    DepthTable,
+    DetectorResults,
+    DynamicResult,
+    Example,
+    OperatingPoint,
+    Settings,
+    StaticRow,
+    SweepRow,
+)
 
-__all__ = ["FULL", "QUICK", "Settings", "add_arguments", "reproduce", "run"]
+__all__ = ["FULL", "QUICK", "DetectorResults", "Settings", "adversaries", "reproduce"]
 
-CIFAR_DIMS, MNIST_DIMS = 3 * 32 * 32, 28 * 28
+T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Sizes and hyper-parameters of one run (``QUICK`` for CI, ``FULL`` for the numbers)."""
-
-    name: str
-    n_train: int
-    n_val: int
-    n_test: int
-    grid: tuple[int, ...]  # epsilons in the paper's units (L∞; L2 uses 20x)
-    layers: tuple[str, ...]  # attachment depths analysed (Fig. 2 right)
-    sigmas: tuple[float, ...]
-    n_dynamic: int  # test points of the sigma sweeps
-    dyn_train: int  # training points of dynamic adversary training (the first n_train are shared)
-    dyn_epochs: int
-    n_curve: int  # test points of the security curves
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 64
-    width: float = 0.25
-    layer: str = "pool1"
-    # "auto": the layer of ``layers`` with the best detectability on the validation split (the paper
-    # attached DeepFool's detector deeper, AD(4); on another network the best depth differs)
-    deepfool_layer: str = "auto"
-    deepfool_candidates: int = 10
-    deepfool_steps: int = 50
-    linf_unit: float = 0.08
-    dyn_steps: int = 10
-    dyn_alpha: float = 0.25  # paper units
-    dyn_val_sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)
-    curve_sigmas: tuple[float, ...] = (0.25, 0.5)
-    seed: int = 0
-
-    @property
-    def l2_unit(self) -> float:
-        return self.linf_unit * math.sqrt(MNIST_DIMS / CIFAR_DIMS)
-
+#: the deployed operating point: the threshold that flags this fraction of clean validation inputs
+DEPLOYED_FPR = 0.05
 
 QUICK = Settings(
     "quick",
@@ -166,7 +148,7 @@ class Split:
 
 @dataclass
 class State:
-    """What the phases share: model, data, adversarial sets, trained detectors, results."""
+    """What the phases share: model, data, adversarial sets, trained detectors, training logs."""
 
     settings: Settings
     clf: models.Classifier
@@ -174,7 +156,8 @@ class State:
     bar: ProgressBar
     adversarial: dict[tuple[str, float], dict[str, torch.Tensor]]
     detectors: dict[tuple[str, float, str], Detector]
-    results: dict[str, Any]
+    results: dict[str, dict[str, Any]]  # "training": the log of every detector fit (see _train)
+    layer_selection: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _data(s: Settings, device: torch.device) -> dict[str, Split]:
@@ -204,14 +187,22 @@ def _train(st: State, adv: Adversary, eps: float, layer: str) -> Detector:
     key = (adv.key, eps, layer)
     if key not in st.detectors:
         sets, tr, va = st.adversarial[(adv.key, eps)], st.splits["train"], st.splits["val"]
-        det = Detector.attach(st.clf, layer, width=st.settings.width, seed=st.settings.seed)
-        log = fit_detector(det, tr.x, sets["train"], va.x, sets["val"], _config(st.settings))
+        s = st.settings
+        det, log = fit_static_detector(
+            st.clf,
+            layer,
+            width=s.width,
+            seed=s.seed,
+            train=(tr.x, sets["train"]),
+            val=(va.x, sets["val"]),
+            config=_config(s),
+        )
         st.results.setdefault("training", {})[f"{adv.key}@{eps:.4g}@{layer}"] = log.to_dict()
         st.detectors[key] = det
     return st.detectors[key]
 
 
-def static_phase(st: State, advs: list[Adversary]) -> None:
+def static_phase(st: State, advs: list[Adversary]) -> tuple[StaticRow, ...]:
     """Fig. 2 left: one detector per adversary and epsilon; its detectability on the test set."""
     rows = []
     task = st.bar.add("static adversaries", sum(len(a.epsilons) for a in advs))
@@ -230,20 +221,19 @@ def static_phase(st: State, advs: list[Adversary]) -> None:
             det = _train(st, adv, eps, adv.layer)
             test = st.splits["test"]
             rows.append(
-                {
-                    "adversary": adv.key,
-                    "label": adv.label,
-                    "norm": adv.norm,
-                    "units": units,
-                    "epsilon": eps,
-                    "layer": adv.layer,
-                    "classifier_accuracy": _accuracy(st.clf, sets["test"], test.y),
-                    "detectability": detectability(det, test.x, sets["test"]).to_dict(),
-                }
+                StaticRow(
+                    adversary=adv.key,
+                    label=adv.label,
+                    norm=adv.norm,
+                    units=units,
+                    epsilon=eps,
+                    layer=adv.layer,
+                    classifier_accuracy=_accuracy(st.clf, sets["test"], test.y),
+                    detectability=detectability(det, test.x, sets["test"]),
+                )
             )
             st.bar.advance(task)
-    st.results["static"] = rows
-    st.results["eps_star"] = {a.key: _eps_star(rows, a.key) for a in advs}
+    return tuple(rows)
 
 
 def _select_layer(st: State, adv: Adversary, eps: float) -> Adversary:
@@ -252,20 +242,20 @@ def _select_layer(st: State, adv: Adversary, eps: float) -> Adversary:
     for layer in st.settings.layers:
         det = _train(st, adv, eps, layer)  # cached: the depth analysis reuses these detectors
         scores[layer] = detectability(det, va.x, st.adversarial[(adv.key, eps)]["val"]).accuracy
-    st.results.setdefault("layer_selection", {})[adv.key] = scores
+    st.layer_selection[adv.key] = scores
     return replace(adv, layer=max(scores, key=lambda k: scores[k]))
 
 
-def _eps_star(rows: list[dict[str, Any]], key: str) -> float:
+def _eps_star(rows: Sequence[StaticRow], key: str) -> float:
     """The smallest epsilon that brings classifier accuracy below 30% (else the largest)."""
-    mine = sorted((r for r in rows if r["adversary"] == key), key=lambda r: r["epsilon"])
-    below = [r["epsilon"] for r in mine if r["classifier_accuracy"] < 0.3]
-    return float(below[0] if below else mine[-1]["epsilon"])
+    mine = sorted((r for r in rows if r.adversary == key), key=lambda r: r.epsilon)
+    below = [r.epsilon for r in mine if r.classifier_accuracy < 0.3]
+    return float(below[0] if below else mine[-1].epsilon)
 
 
-def depth_phase(st: State, advs: list[Adversary]) -> None:
+def depth_phase(st: State, advs: list[Adversary], star: dict[str, float]) -> DepthTable:
     """Fig. 2 right: detectability per attachment layer, at each adversary's epsilon*."""
-    layers, star, test = st.settings.layers, st.results["eps_star"], st.splits["test"]
+    layers, test = st.settings.layers, st.splits["test"]
     task = st.bar.add("attachment depth", len(advs) * len(layers))
     table: dict[str, dict[str, float]] = {}
     for adv in advs:
@@ -276,10 +266,12 @@ def depth_phase(st: State, advs: list[Adversary]) -> None:
             det = _train(st, adv, eps, layer)
             table[adv.key][layer] = detectability(det, test.x, adv_x).accuracy
             st.bar.advance(task)
-    st.results["depth"] = {"layers": list(layers), "detectability": table}
+    return DepthTable(tuple(layers), table)
 
 
-def generalisation_phase(st: State, advs: list[Adversary]) -> None:
+def generalisation_phase(
+    st: State, advs: list[Adversary], star: dict[str, float]
+) -> tuple[dict[str, DetectabilityMatrix], DetectabilityMatrix]:
     """Fig. 3 (epsilon_fit x epsilon_test per adversary) and Fig. 4 (adversary x adversary)."""
     x = st.splits["test"].x
     fig3 = {}
@@ -287,19 +279,16 @@ def generalisation_phase(st: State, advs: list[Adversary]) -> None:
         names = [f"{u:g}" for u in adv.units]
         dets = {n: st.detectors[(adv.key, e, adv.layer)] for n, e in zip(names, adv.epsilons)}
         tests = {n: (x, st.adversarial[(adv.key, e)]["test"]) for n, e in zip(names, adv.epsilons)}
-        fig3[adv.key] = generalisation_matrix(dets, tests, title=adv.label).to_dict()
-    star = st.results["eps_star"]
+        fig3[adv.key] = generalisation_matrix(dets, tests, title=adv.label)
     dets = {a.label: st.detectors[(a.key, star[a.key], a.layer)] for a in advs}
     tests = {a.label: (x, st.adversarial[(a.key, star[a.key])]["test"]) for a in advs}
-    st.results["fig3"] = fig3
-    st.results["fig4"] = generalisation_matrix(
-        dets, tests, title="trained on (rows) / tested on (columns)"
-    ).to_dict()
+    fig4 = generalisation_matrix(dets, tests, title="trained on (rows) / tested on (columns)")
+    return fig3, fig4
 
 
 def _sweep(
     st: State, detector: Detector, threat: ThreatModel, step: float, task: int
-) -> list[dict[str, Any]]:
+) -> tuple[SweepRow, ...]:
     """The dynamic adversary for every sigma: classifier accuracy, detectability of its successes."""
     s, clf = st.settings, st.clf
     x, y = st.splits["test"].x[: s.n_dynamic], st.splits["test"].y[: s.n_dynamic]
@@ -314,20 +303,57 @@ def _sweep(
         )
         pred = clf.predict(adv)
         fooled = correct & (pred != y)  # adversarial examples that cause a misclassification
-        det = detectability(detector, x, adv, keep=fooled).to_dict() if bool(fooled.any()) else None
+        det = detectability(detector, x, adv, keep=fooled) if bool(fooled.any()) else None
+        rows.append(SweepRow(sigma, float((pred == y).float().mean()), int(fooled.sum()), det))
+        st.bar.advance(task)
+    return tuple(rows)
+
+
+def _aware_sweep(st: State, detector: Detector, threat: ThreatModel, step: float, task: int) -> AwareSweep:
+    """The threshold-aware dynamic adversary for every sigma, against the deployed system.
+
+    The system rejects at its 5%-FPR validation threshold; the adversary (hinge objective) aims
+    below it and keeps, per input, its best evasion of the whole system. Detectability counts the
+    examples that fool the classifier (as in the paper's protocol), scored at the deployed
+    threshold; the evasion rate counts all swept inputs misclassified and not rejected.
+    """
+    s, clf, val = st.settings, st.clf, st.splits["val"]
+    x, y = st.splits["test"].x[: s.n_dynamic], st.splits["test"].y[: s.n_dynamic]
+    system = DetectedClassifier.calibrated(clf, detector, val.x, fpr=DEPLOYED_FPR)
+    correct = clf.predict(x) == y
+    rows = []
+    for sigma in s.sigmas:
+        attack = DynamicAdversary(
+            sigma=sigma,
+            steps=s.dyn_steps,
+            step_size=step,
+            detector_loss="hinge",
+            early_stop=False,
+            keep="best",
+        )
+        adv = adversarial_examples(
+            system, x, y, attack, threat, generator=torch.Generator().manual_seed(s.seed)
+        )
+        pred, decided = clf.predict(adv), system.predict(adv)
+        fooled = correct & (pred != y)
+        det = detectability(system, x, adv, keep=fooled) if bool(fooled.any()) else None
+        evaded = (decided != y) & (decided != models.REJECT)
         rows.append(
-            {
-                "sigma": sigma,
-                "classifier_accuracy": float((pred == y).float().mean()),
-                "n_successful": int(fooled.sum()),
-                "detectability": det,
-            }
+            SweepRow(
+                sigma,
+                float((pred == y).float().mean()),
+                int(fooled.sum()),
+                det,
+                evasion_rate=float(evaded.float().mean()),
+            )
         )
         st.bar.advance(task)
-    return rows
+    return AwareSweep(system.threshold, tuple(rows))
 
 
-def _combined_clean(clf: models.Classifier, detector: Detector, val: Split, test: Split) -> dict[str, Any]:
+def _combined_clean(
+    clf: models.Classifier, detector: Detector, val: Split, test: Split
+) -> dict[str, OperatingPoint]:
     """Clean test accuracy of classifier + detector at threshold 0.5 and at 5% FPR on validation."""
     out = {}
     for name, system in (
@@ -335,23 +361,22 @@ def _combined_clean(clf: models.Classifier, detector: Detector, val: Split, test
         ("fpr_0.05", DetectedClassifier.calibrated(clf, detector, val.x, fpr=0.05)),
     ):
         pred = system.predict(test.x)
-        out[name] = {
-            "threshold": system.threshold,
-            "accuracy": float((pred == test.y).float().mean()),
-            "rejected": float((pred == models.REJECT).float().mean()),
-        }
+        out[name] = OperatingPoint(
+            threshold=system.threshold,
+            accuracy=float((pred == test.y).float().mean()),
+            rejected=float((pred == models.REJECT).float().mean()),
+        )
     return out
 
 
-def dynamic_phase(st: State) -> dict[str, Detector]:
+def dynamic_phase(st: State, star: dict[str, float]) -> tuple[DynamicResult, dict[str, Detector]]:
     """Fig. 5: the dynamic adversary vs. the static and the dynamically trained detector."""
     s = st.settings
-    eps = st.results["eps_star"]["bim-linf"]
+    eps = star["bim-linf"]
     static = st.detectors[("bim-linf", eps, s.layer)]
     threat, step = ThreatModel("linf", eps), s.dyn_alpha * s.linf_unit
-    task = st.bar.add("dynamic adversary", 2 * len(s.sigmas) + s.dyn_epochs)
-    out: dict[str, Any] = {"epsilon": eps, "step_size": step, "steps": s.dyn_steps, "layer": s.layer}
-    out["static"] = _sweep(st, static, threat, step, task)
+    task = st.bar.add("dynamic adversary", 4 * len(s.sigmas) + s.dyn_epochs)
+    static_rows = _sweep(st, static, threat, step, task)
     dynamic = static.copy()  # dynamic adversary training starts from the static detector
     log = train_dynamic_detector(
         dynamic,
@@ -365,44 +390,62 @@ def dynamic_phase(st: State) -> dict[str, Detector]:
         val_sigmas=s.dyn_val_sigmas,
         progress=lambda e, loss, v: st.bar.advance(task),
     )
-    out["training"] = log.to_dict()
-    out["dynamic"] = _sweep(st, dynamic, threat, step, task)
-    out["combined_clean"] = {
+    dynamic_rows = _sweep(st, dynamic, threat, step, task)
+    # after the paper's sweeps and training, so that their numbers stay exactly as they were
+    aware = {
+        name: _aware_sweep(st, det, threat, step, task)
+        for name, det in (("static", static), ("dynamic", dynamic))
+    }
+    combined = {
         name: _combined_clean(st.clf, det, st.splits["val"], st.splits["test"])
         for name, det in (("static", static), ("dynamic", dynamic))
     }
-    st.results["dynamic"] = out
-    return {"static detector": static, "dynamic detector": dynamic}
+    result = DynamicResult(
+        eps,
+        step,
+        s.dyn_steps,
+        s.layer,
+        static_rows,
+        log,
+        dynamic_rows,
+        combined,
+        aware=aware,
+        aware_fpr=DEPLOYED_FPR,
+        aware_kappa=DynamicAdversary.kappa,
+    )
+    return result, {"static detector": static, "dynamic detector": dynamic}
 
 
-def curves_phase(st: State, detectors: dict[str, Detector]) -> None:
+def curves_phase(st: State, detectors: dict[str, Detector]) -> CurvesResult:
     """Security curves: undefended vs. detector-defended (5% FPR); static BIM and adaptive attacks."""
     s, clf = st.settings, st.clf
     val, test = st.splits["val"], st.splits["test"]
     systems: dict[str, models.Classifier] = {"undefended": clf}
     for name, det in detectors.items():
-        systems[name] = DetectedClassifier.calibrated(clf, det, val.x, fpr=0.05, name=name)
+        systems[name] = DetectedClassifier.calibrated(clf, det, val.x, fpr=DEPLOYED_FPR, name=name)
     grid = [k * s.linf_unit for k in s.grid]
     specs = [
         AttackSpec(BIM(steps=10, step_size=s.linf_unit), "linf", grid, name="static BIM"),
         AttackSpec(PGD(steps=20, loss="margin"), "linf", grid, name="PGD (sees the reject score)"),
     ]
-    specs += [
-        AttackSpec(DynamicAdversary(sigma=sig, steps=20), "linf", grid, name=f"dynamic σ={sig:g}")
+    specs += [  # threshold-aware: the hinge objective aims below each system's deployed threshold
+        AttackSpec(
+            DynamicAdversary(sigma=sig, steps=20, detector_loss="hinge"),
+            "linf",
+            grid,
+            name=f"dynamic σ={sig:g} (threshold-aware)",
+        )
         for sig in s.curve_sigmas
     ]
     task = st.bar.add("security curves", 1)
     ev = evaluate(systems, (test.x[: s.n_curve], test.y[: s.n_curve]), specs, batch_size=128, seed=s.seed)
     st.bar.advance(task)
-    out: dict[str, Any] = {"epsilons": [0.0, *grid], "units": [0, *s.grid], "models": {}}
+    out: dict[str, dict[str, CurveSummary]] = {}
     for model in systems:
         curves = {spec.label: ev.curve(model, spec.label) for spec in specs}
         curves["worst case"] = ev.worst_case(model, "linf")
-        out["models"][model] = {
-            name: {**c.to_dict(), "auc": c.auc(), "auc_defended": _auc(c.epsilons, c.defended)}
-            for name, c in curves.items()
-        }
-    st.results["curves"] = out
+        out[model] = {name: CurveSummary(c, _auc(c.epsilons, c.defended)) for name, c in curves.items()}
+    return CurvesResult((0.0, *grid), (0, *s.grid), out)
 
 
 def _auc(eps: list[float], values: list[float]) -> float:
@@ -410,75 +453,49 @@ def _auc(eps: list[float], values: list[float]) -> float:
     return area / (eps[-1] - eps[0]) if len(eps) > 1 else values[0]
 
 
-def reproduce(settings: Settings, clf: models.Classifier, bar: ProgressBar) -> dict[str, Any]:
-    """Run every phase; returns the JSON-able results (examples and timings included)."""
+def _timed(timings: dict[str, float], name: str, phase: Callable[[], T]) -> T:
+    """Run ``phase`` and record its wall-clock seconds under ``name``."""
+    t0 = time.perf_counter()
+    out = phase()
+    timings[name] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def reproduce(
+    settings: Settings, clf: models.Classifier, bar: ProgressBar = NULL_PROGRESS
+) -> DetectorResults:
+    """Run every phase on ``clf`` (``mnist-cnn``); returns the results (examples and timings included)."""
     splits = _data(settings, clf.device)
     st = State(settings, clf, splits, bar, {}, {}, {})
-    st.results["settings"] = {**asdict(settings), "l2_unit": settings.l2_unit}
-    st.results["clean_accuracy"] = _accuracy(clf, splits["test"].x, splits["test"].y)
-    advs, timings = adversaries(settings), {}
-    for name, phase in (
-        ("static", lambda: static_phase(st, advs)),
-        ("depth", lambda: depth_phase(st, advs)),
-        ("generalisation", lambda: generalisation_phase(st, advs)),
-    ):
-        t0 = time.perf_counter()
-        phase()
-        timings[name] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    detectors = dynamic_phase(st)
-    timings["dynamic"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    curves_phase(st, detectors)
-    timings["curves"] = round(time.perf_counter() - t0, 1)
-    st.results["timings"] = timings
-    st.results["examples"] = _examples(st, advs)
-    return st.results
+    clean = _accuracy(clf, splits["test"].x, splits["test"].y)
+    advs = adversaries(settings)
+    timings: dict[str, float] = {}
+    static = _timed(timings, "static", lambda: static_phase(st, advs))
+    star = {a.key: _eps_star(static, a.key) for a in advs}
+    depth = _timed(timings, "depth", lambda: depth_phase(st, advs, star))
+    fig3, fig4 = _timed(timings, "generalisation", lambda: generalisation_phase(st, advs, star))
+    dynamic, detectors = _timed(timings, "dynamic", lambda: dynamic_phase(st, star))
+    curves = _timed(timings, "curves", lambda: curves_phase(st, detectors))
+    return DetectorResults(
+        settings=settings,
+        clean_accuracy=clean,
+        training=dict(st.results.get("training", {})),
+        layer_selection=st.layer_selection,
+        static=static,
+        eps_star=star,
+        depth=depth,
+        fig3=fig3,
+        fig4=fig4,
+        dynamic=dynamic,
+        curves=curves,
+        timings=timings,
+        examples=_examples(st, advs, star),
+    )
 
 
-def _examples(st: State, advs: list[Adversary]) -> list[dict[str, Any]]:
+def _examples(st: State, advs: list[Adversary], star: dict[str, float]) -> tuple[Example, ...]:
     """A few clean / adversarial pairs per adversary at epsilon* (for the report's image grid)."""
-    star, x = st.results["eps_star"], st.splits["test"].x
-    return [
-        {
-            "label": a.label,
-            "clean": x[:4].cpu(),
-            "adversarial": st.adversarial[(a.key, star[a.key])]["test"][:4].cpu(),
-        }
-        for a in advs
-    ]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quick", action="store_true", help="reduced CI-sized run (under 3 minutes on 2 cores)"
+    x = st.splits["test"].x
+    return tuple(
+        Example(a.label, x[:4].cpu(), st.adversarial[(a.key, star[a.key])]["test"][:4].cpu()) for a in advs
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default runs/detector[-quick])"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .detector_report import acceptance, render
-
-    settings = replace(QUICK if args.quick else FULL, seed=args.seed)
-    device = pick_device(args.device)
-    started = time.perf_counter()
-    clf = models.load("mnist-cnn", device=device)
-    with progress(args.quiet) as bar:
-        results = reproduce(settings, clf, bar)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["environment"] = environment(device)
-    results["acceptance"] = acceptance(results)
-    examples = results.pop("examples")
-    out = args.out or Path("runs") / ("detector-quick" if args.quick else "detector")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    render(results, examples).write(out / "report.html")
-    print(f"detector reproduction ({settings.name}) in {results['seconds']:.0f} s -> {out}/report.html")
-    for item in results["acceptance"]:
-        print(f"  [{'ok' if item['ok'] else 'FAIL'}] {item['text']}")
-    return 0

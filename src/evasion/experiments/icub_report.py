@@ -1,12 +1,12 @@
 """Numbers and report of `evasion reproduce icub`: Fig. 5 baseline, curve averages, the
-acceptance facts, the written interpretation, and the self-contained HTML page with its plots."""
+acceptance facts, the written interpretation, and the self-contained HTML page with its plots
+(:func:`render` returns the page; the CLI writes it)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -14,8 +14,18 @@ from torch import Tensor
 
 from ..reports import plots
 from ..reports.html import GridCell, Page
+from .icub_records import (
+    AveragedCurve,
+    BaselineCurve,
+    CurvePoints,
+    Curves,
+    ExampleFacts,
+    Figures,
+    IcubAcceptance,
+    IcubResults,
+)
 
-__all__ = ["acceptance", "auc", "average_curves", "baseline_curve", "interpret", "write_report"]
+__all__ = ["acceptance", "auc", "average_curves", "baseline_curve", "interpret", "render"]
 
 _CONFIDENCES = (0.7, 0.8, 0.9, 0.95)
 _PIXELS = 3 * 128 * 128
@@ -29,27 +39,34 @@ def auc(epsilons: Sequence[float], values: Sequence[float]) -> float:
     return float(np.sum((e[1:] - e[:-1]) * (v[1:] + v[:-1]) / 2) / (e[-1] - e[0]))
 
 
-def average_curves(per_split: Sequence[dict[str, dict[str, dict[str, list[float]]]]]) -> dict[str, Any]:
+def _mean(values: list[list[float]]) -> list[float]:
+    """Element-wise mean of equally long lists."""
+    return list(np.mean(values, axis=0).tolist())
+
+
+def average_curves(per_split: Sequence[dict[str, dict[str, CurvePoints]]]) -> Curves:
     """Mean over splits of every curve, with the area under accuracy and under 'defended'."""
-    out: dict[str, Any] = {}
+    out: Curves = {}
     for attack, models in per_split[0].items():
         for model, first in models.items():
             curves = [split[attack][model] for split in per_split]
-            mean = {k: np.mean([c[k] for c in curves], axis=0).tolist() for k in first if k != "epsilons"}
-            eps = first["epsilons"]
-            out.setdefault(attack, {})[model] = {
-                "epsilons": eps,
-                **mean,
-                "auc": auc(eps, mean["accuracy"]),
-                "auc_defended": auc(eps, mean["defended"]),
-                "splits": len(curves),
-            }
+            accuracy, defended = _mean([c.accuracy for c in curves]), _mean([c.defended for c in curves])
+            out.setdefault(attack, {})[model] = AveragedCurve(
+                epsilons=first.epsilons,
+                accuracy=accuracy,
+                rejected=_mean([c.rejected for c in curves]),
+                defended=defended,
+                misclassified=_mean([c.misclassified for c in curves]),
+                auc=auc(first.epsilons, accuracy),
+                auc_defended=auc(first.epsilons, defended),
+                splits=len(curves),
+            )
     return out
 
 
 def baseline_curve(
     z: Tensor, y: Tensor, session: Tensor, label: str, repeats: int, seed: int
-) -> dict[str, Any]:
+) -> BaselineCurve:
     """Fig. 5: linear-SVM accuracy on random subsets of 2..c objects (train sessions 0-2, test 3).
 
     C is chosen once by 3-fold CV on all objects; each subset refits one-vs-all SVMs on a
@@ -89,38 +106,39 @@ def baseline_curve(
     guaranteed = {
         f"{int(conf * 100)}%": [float(np.quantile(a, 1 - conf)) for a in accuracies] for conf in _CONFIDENCES
     }
-    return {"set": label, "sizes": sizes, "accuracy": accuracies, "C": best_c, "guaranteed": guaranteed}
+    return BaselineCurve(label, sizes, accuracies, best_c, guaranteed)
 
 
-def _models_auc(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+def _models_auc(results: IcubResults) -> dict[str, dict[str, dict[str, float]]]:
     return {
-        f"{s}|{a}": {m: {"auc": c["auc"], "auc_defended": c["auc_defended"]} for m, c in models.items()}
-        for s, attacks in results["curves"].items()
+        f"{s}|{a}": {m: {"auc": c.auc, "auc_defended": c.auc_defended} for m, c in models.items()}
+        for s, attacks in results.curves.items()
         for a, models in attacks.items()
     }
 
 
-def acceptance(results: dict[str, Any]) -> dict[str, Any]:
+def acceptance(results: IcubResults) -> IcubAcceptance:
     """The issue's acceptance numbers, gathered from the results."""
     diffs = [
-        m["sklearn_max_abs_diff"]
-        for s in results["sets"].values()
-        for split in s["splits"]
-        for m in split["models"].values()
+        m.sklearn_max_abs_diff
+        for s in results.sets.values()
+        for split in s.splits
+        for m in split.fit.models.values()
     ]
-    main = next(iter(results["sets"].values()))
-    linear = [split["models"]["SVM"]["clean_accuracy"] for split in main["splits"]]
-    return {
-        "sklearn_torch_max_abs_diff": max(diffs),
-        "linear_svm_clean_accuracy": float(np.mean(linear)),
-        "linear_svm_split": "by session (one held-out acquisition session per split)",
-        "sensitivity_ratio": results["sensitivity"]["ratio"],
-        "auc": _models_auc(results),
-    }
+    main = next(iter(results.sets.values()))
+    linear = [split.fit.models["SVM"].clean_accuracy for split in main.splits]
+    return IcubAcceptance(
+        sklearn_torch_max_abs_diff=max(diffs),
+        linear_svm_clean_accuracy=float(np.mean(linear)),
+        linear_svm_split="by session (one held-out acquisition session per split)",
+        sensitivity_ratio=results.sensitivity.record.ratio,
+        auc=_models_auc(results),
+        linear_svm_all_classes=results.linear,
+    )
 
 
-def _first_below(curve: dict[str, Any], level: float) -> tuple[float, float] | None:
-    for e, a in zip(curve["epsilons"], curve["accuracy"]):
+def _first_below(curve: AveragedCurve, level: float) -> tuple[float, float] | None:
+    for e, a in zip(curve.epsilons, curve.accuracy):
         if e > 0 and a <= level:
             return e, a
     return None
@@ -130,33 +148,33 @@ def _rms(eps: float) -> float:
     return eps / math.sqrt(_PIXELS) * 255
 
 
-def _vulnerability(results: dict[str, Any]) -> list[str]:
+def _vulnerability(results: IcubResults) -> list[str]:
     out = []
-    for label, attacks in results["curves"].items():
+    for label, attacks in results.curves.items():
         svm = attacks["error-generic"]["SVM"]
-        hit = _first_below(svm, svm["accuracy"][0] / 2)
+        hit = _first_below(svm, svm.accuracy[0] / 2)
         if hit:
             out.append(
                 f"{label}: error-generic noise of L2 norm {hit[0]:g} (RMS {_rms(hit[0]):.2f}/255 per pixel, barely "
-                f"visible) lowers the linear SVM's accuracy from {svm['accuracy'][0]:.2f} to {hit[1]:.2f}: "
+                f"visible) lowers the linear SVM's accuracy from {svm.accuracy[0]:.2f} to {hit[1]:.2f}: "
                 "iCub-like pipelines are vulnerable (holds)."
             )
         else:
             out.append(
-                f"{label}: the linear SVM keeps over half its accuracy up to d_max {svm['epsilons'][-1]:g} (does not hold here)."
+                f"{label}: the linear SVM keeps over half its accuracy up to d_max {svm.epsilons[-1]:g} (does not hold here)."
             )
     return out
 
 
-def _defence(results: dict[str, Any]) -> list[str]:
+def _defence(results: IcubResults) -> list[str]:
     out, wins, total = [], 0, 0
-    for label, attacks in results["curves"].items():
+    for label, attacks in results.curves.items():
         for attack, m in attacks.items():
-            a_rbf, a_adv = m["SVM-RBF"]["auc_defended"], m["SVM-adv"]["auc_defended"]
-            a_svm, a_cons = m["SVM"]["auc_defended"], m["SVM-adv +5% FNR"]["auc_defended"]
+            a_rbf, a_adv = m["SVM-RBF"].auc_defended, m["SVM-adv"].auc_defended
+            a_svm, a_cons = m["SVM"].auc_defended, m["SVM-adv +5% FNR"].auc_defended
             total += 1
             wins += a_adv > a_rbf
-            rise = m["SVM-adv"]["defended"][1] > m["SVM-adv"]["defended"][0]
+            rise = m["SVM-adv"].defended[1] > m["SVM-adv"].defended[0]
             out.append(
                 f"{label}, {attack}: AUC SVM {a_svm:.3f}, SVM-RBF {a_rbf:.3f}, SVM-adv {a_adv:.3f}, "
                 f"SVM-adv +5% FNR {a_cons:.3f} (accuracy with rejected adversarial inputs counted as defended); "
@@ -171,52 +189,51 @@ def _defence(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def _conservative(results: dict[str, Any]) -> str:
-    main = next(iter(results["sets"].values()))["splits"]
+def _conservative(results: IcubResults) -> str:
+    main = next(iter(results.sets.values())).splits
     clean = {
-        m: float(np.mean([s["models"][m]["clean_accuracy"] for s in main]))
+        m: float(np.mean([s.fit.models[m].clean_accuracy for s in main]))
         for m in ("SVM-adv", "SVM-adv +5% FNR")
     }
-    curves = next(iter(results["curves"].values()))["error-generic"]
-    better = curves["SVM-adv +5% FNR"]["auc_defended"] > curves["SVM-adv"]["auc_defended"]
+    curves = next(iter(results.curves.values()))["error-generic"]
+    better = curves["SVM-adv +5% FNR"].auc_defended > curves["SVM-adv"].auc_defended
     return (
         f"The conservative threshold (+5% FNR per one-vs-all classifier) moves clean accuracy from "
         f"{clean['SVM-adv']:.2f} to {clean['SVM-adv +5% FNR']:.2f} and the error-generic AUC from "
-        f"{curves['SVM-adv']['auc_defended']:.3f} to {curves['SVM-adv +5% FNR']['auc_defended']:.3f}: "
+        f"{curves['SVM-adv'].auc_defended:.3f} to {curves['SVM-adv +5% FNR'].auc_defended:.3f}: "
         f"{'more security at the expense of legitimate samples, as in the paper' if better else 'no security gain here'}."
     )
 
 
-def interpret(results: dict[str, Any]) -> list[str]:
+def interpret(results: IcubResults) -> list[str]:
     """A few sentences, generated from the numbers, on which of the paper's findings hold here."""
     lines = _vulnerability(results) + _defence(results) + [_conservative(results)]
-    s = results["sensitivity"]
-    verdict = (
-        "holds" if s["ratio"] >= 10 else "does not hold here (the features moved little along the attack)"
-    )
+    s = results.sensitivity.record
+    verdict = "holds" if s.ratio >= 10 else "does not hold here (the features moved little along the attack)"
     lines.append(
-        f"Deep-feature sensitivity at input L2 {s['epsilon']:.4f} (10/255): random {s['random_mean']:.3f} +- "
-        f"{s['random_std']:.3f} vs adversarial {s['adversarial_mean']:.3f} +- {s['adversarial_std']:.3f}, ratio "
-        f"{s['ratio']:.0f}x (paper: 0.022 vs 2.386, about 108x): the feature map is unstable along the adversarial "
+        f"Deep-feature sensitivity at input L2 {s.epsilon:.4f} (10/255): random {s.random_mean:.3f} +- "
+        f"{s.random_std:.3f} vs adversarial {s.adversarial_mean:.3f} +- {s.adversarial_std:.3f}, ratio "
+        f"{s.ratio:.0f}x (paper: 0.022 vs 2.386, about 108x): the feature map is unstable along the adversarial "
         f"direction only, so retraining the head can mitigate but not remove the problem ({verdict})."
     )
-    b = results["baseline"]
-    means = [float(np.mean(a)) for a in b["accuracy"]]
+    b = results.baseline
+    means = [float(np.mean(a)) for a in b.accuracy]
     lines.append(
-        f"Baseline ({b['set']}): linear-SVM accuracy goes from {means[0]:.3f} with 2 objects to {means[-1]:.3f} with "
-        f"{b['sizes'][-1]}: "
+        f"Baseline ({b.set_label}): linear-SVM accuracy goes from {means[0]:.3f} with 2 objects to {means[-1]:.3f} with "
+        f"{b.sizes[-1]}: "
         f"{'more objects, harder task, as in Fig. 5' if means[-1] < means[0] - 0.01 else 'about flat here (an easy set)'}."
     )
-    st = results["examples"].get("sticker", {})
-    for model in ("SVM", "SVM-adv"):
-        whole, sticker = st.get(f"{model}|whole image"), st.get(f"{model}|sticker")
-        if whole and sticker:
-            lines.append(
-                f"Sticker ({st['mask_fraction']:.0%} of the pixels) vs whole image, {model}, error-generic: median "
-                f"minimum d_max {np.median(sticker):g} vs {np.median(whole):g}; evaded within d_max "
-                f"{st['grids']['sticker'][-1]:g} vs {st['grids']['whole image'][-1]:g}: "
-                f"{sum(map(math.isfinite, sticker))}/{len(sticker)} vs {sum(map(math.isfinite, whole))}/{len(whole)}."
-            )
+    if isinstance(results.examples, ExampleFacts):
+        st = results.examples.sticker
+        for model in ("SVM", "SVM-adv"):
+            whole, sticker = st.min_dmax.get(f"{model}|whole image"), st.min_dmax.get(f"{model}|sticker")
+            if whole and sticker:
+                lines.append(
+                    f"Sticker ({st.mask_fraction:.0%} of the pixels) vs whole image, {model}, error-generic: median "
+                    f"minimum d_max {np.median(sticker):g} vs {np.median(whole):g}; evaded within d_max "
+                    f"{st.grids['sticker'][-1]:g} vs {st.grids['whole image'][-1]:g}: "
+                    f"{sum(map(math.isfinite, sticker))}/{len(sticker)} vs {sum(map(math.isfinite, whole))}/{len(whole)}."
+                )
     return lines
 
 
@@ -224,20 +241,20 @@ def interpret(results: dict[str, Any]) -> list[str]:
 _COLOURS = {"SVM": "#1f77b4", "SVM-RBF": "#ff7f0e", "SVM-adv": "#2ca02c", "SVM-adv +5% FNR": "#d62728"}
 
 
-def _curve_svg(title: str, models: dict[str, Any]) -> str:
+def _curve_svg(title: str, models: dict[str, AveragedCurve]) -> str:
     fig, ax = plots.figure(4.6, 3.2)
     for name, c in models.items():
         colour = _COLOURS.get(name)
         ax.plot(
-            c["epsilons"],
-            c["defended"],
+            c.epsilons,
+            c.defended,
             marker="o",
             ms=3,
-            label=f"{name} (AUC {c['auc_defended']:.2f})",
+            label=f"{name} (AUC {c.auc_defended:.2f})",
             color=colour,
         )
-        if any(r > 0 for r in c["rejected"]):
-            ax.plot(c["epsilons"], c["rejected"], ls=":", color=colour, lw=1)
+        if any(r > 0 for r in c.rejected):
+            ax.plot(c.epsilons, c.rejected, ls=":", color=colour, lw=1)
     ax.set(
         xlabel="d_max (L2, pixels in [0, 1])",
         ylabel="accuracy (rejected adv. = defended)",
@@ -248,13 +265,13 @@ def _curve_svg(title: str, models: dict[str, Any]) -> str:
     return plots.to_svg(fig)
 
 
-def _baseline_svg(b: dict[str, Any]) -> str:
+def _baseline_svg(b: BaselineCurve) -> str:
     fig, ax = plots.figure(6.0, 3.2)
-    ax.boxplot(b["accuracy"], positions=list(range(len(b["sizes"]))), widths=0.5, whis=1.5)
-    for conf, values in b["guaranteed"].items():
-        ax.plot(range(len(b["sizes"])), values, ls=":", lw=1, label=f"confidence {conf}")
-    ax.set_xticks(range(len(b["sizes"])), [str(k) for k in b["sizes"]])
-    ax.set(xlabel="# objects", ylabel="accuracy", title=f"Linear SVM, {b['set']} (Fig. 5)")
+    ax.boxplot(b.accuracy, positions=list(range(len(b.sizes))), widths=0.5, whis=1.5)
+    for conf, values in b.guaranteed.items():
+        ax.plot(range(len(b.sizes)), values, ls=":", lw=1, label=f"confidence {conf}")
+    ax.set_xticks(range(len(b.sizes)), [str(k) for k in b.sizes])
+    ax.set(xlabel="# objects", ylabel="accuracy", title=f"Linear SVM, {b.set_label} (Fig. 5)")
     ax.legend(fontsize=7)
     return plots.to_svg(fig)
 
@@ -273,52 +290,43 @@ def _outline(x: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
-def _examples_section(page: Page, figures: dict[str, Any]) -> None:
-    if "sequence" not in figures:
+def _examples_section(page: Page, figures: Figures | None) -> None:
+    if figures is None:
         page.paragraph("No example: SVM-adv classified no test image correctly.")
         return
-    page.paragraph(
-        f"Error-specific attack on SVM-adv: a {figures['true']} pushed towards {figures['target']}."
-    )
-    page.image_grid(
-        [[GridCell(r["image"], (f"d_max {r['epsilon']:g}", r["prediction"])) for r in figures["sequence"]]]
-    )
+    page.paragraph(f"Error-specific attack on SVM-adv: a {figures.true} pushed towards {figures.target}.")
+    page.image_grid([[GridCell(r.image, (f"d_max {r.epsilon:g}", r.prediction)) for r in figures.sequence]])
     cells = []
-    for name, m in figures["minimal"].items():
-        if math.isfinite(m["epsilon"]):
-            shown = _outline(m["image"], figures["mask"]) if name == "sticker" else m["image"]
+    for name, m in figures.minimal.items():
+        if math.isfinite(m.epsilon):
+            shown = _outline(m.image, figures.mask) if name == "sticker" else m.image
             cells += [
-                GridCell(shown, (f"{name}: {m['epsilon']:g}", m["prediction"])),
-                GridCell(_noise(m["image"], figures["original"]), (f"noise ({name}), amplified",)),
+                GridCell(shown, (f"{name}: {m.epsilon:g}", m.prediction)),
+                GridCell(_noise(m.image, figures.original), (f"noise ({name}), amplified",)),
             ]
         else:
-            cells.append(GridCell(figures["original"], (f"{name}: not evaded",)))
+            cells.append(GridCell(figures.original, (f"{name}: not evaded",)))
     page.heading("Minimal d_max that evades (bottom row of Fig. 7)").image_grid([cells])
 
 
-def write_report(results: dict[str, Any], figures: dict[str, Any], path: Path) -> Path:
-    """The self-contained HTML report (inline SVG plots and PNG images)."""
-    st = results["settings"]
+def render(results: IcubResults) -> Page:
+    """The self-contained HTML report (inline SVG plots and PNG images); the caller writes it."""
+    st = results.settings
     page = Page(
         "iCub robot vision under attack (Melis et al. 2017)",
-        f"evasion reproduce icub{' --quick' if st['main'].endswith('quick') else ''}",
+        f"evasion reproduce icub{' --quick' if st.main.endswith('quick') else ''}",
     )
-    page.section("Findings", "findings").bullets(results["interpretation"])
-    acc = results["acceptance"]
+    page.section("Findings", "findings").bullets(interpret(results))
+    acc = acceptance(results)
     page.table(
         ["check", "value"],
         [
-            ["max |sklearn - torch| decision value", f"{acc['sklearn_torch_max_abs_diff']:.2e}"],
-            [
-                "linear SVM clean accuracy (7 objects, session split)",
-                f"{acc['linear_svm_clean_accuracy']:.3f}",
-            ],
-            ["deep-feature sensitivity ratio", f"{acc['sensitivity_ratio']:.1f}"],
+            ["max |sklearn - torch| decision value", f"{acc.sklearn_torch_max_abs_diff:.2e}"],
+            ["linear SVM clean accuracy (7 objects, session split)", f"{acc.linear_svm_clean_accuracy:.3f}"],
+            ["deep-feature sensitivity ratio", f"{acc.sensitivity_ratio:.1f}"],
         ],
     )
-    page.section("Baseline accuracy vs. number of objects", "baseline").svg(
-        _baseline_svg(results["baseline"])
-    )
+    page.section("Baseline accuracy vs. number of objects", "baseline").svg(_baseline_svg(results.baseline))
     page.section("Security evaluation curves (Fig. 6)", "curves")
     page.paragraph(
         "Maximum-confidence evasion, L2, through EfficientNet-Lite0 to the pixels; curves are averaged over "
@@ -326,43 +334,43 @@ def write_report(results: dict[str, Any], figures: dict[str, Any], path: Path) -
         "dotted lines: rejection rate.",
         "note",
     )
-    for label, attacks in results["curves"].items():
+    for label, attacks in results.curves.items():
         for attack, models in attacks.items():
             page.svg(_curve_svg(f"{label}, {attack}", models))
     rows = [
         [f"{k.replace('|', ', ')}", m, v["auc"], v["auc_defended"]]
-        for k, ms in acc["auc"].items()
+        for k, ms in acc.auc.items()
         for m, v in ms.items()
     ]
     page.table(["set, attack", "model", "AUC accuracy", "AUC defended"], rows)
     split_rows = [
         [
             label,
-            s["test_session"],
+            s.fit.test_session,
             m,
-            f"{f['C']:g}",
-            "-" if f["gamma"] is None else f"{f['gamma']:g}",
-            f["clean_accuracy"],
-            f["clean_rejected"],
+            "-" if f.c is None else f"{f.c:g}",
+            "-" if f.gamma is None else f"{f.gamma:g}",
+            f.clean_accuracy,
+            f.clean_rejected,
         ]
-        for label, info in results["sets"].items()
-        for s in info["splits"]
-        for m, f in s["models"].items()
+        for label, info in results.sets.items()
+        for s in info.splits
+        for m, f in s.fit.models.items()
     ]
     page.table(["set", "test session", "model", "C", "gamma", "clean acc.", "clean rejected"], split_rows)
     page.section("Adversarial examples and the sticker (Fig. 7)", "examples")
-    _examples_section(page, figures)
-    s = results["sensitivity"]
+    _examples_section(page, results.figures)
+    s = results.sensitivity.record
     page.section("Why are deep nets fooled? (Sect. 5)", "sensitivity").table(
         ["perturbation", "deep-feature L2 distance (mean +- std)", "paper"],
         [
-            ["random", f"{s['random_mean']:.4f} +- {s['random_std']:.4f}", "0.022 +- 0.002"],
-            ["adversarial", f"{s['adversarial_mean']:.4f} +- {s['adversarial_std']:.4f}", "2.386 +- 0.386"],
-            ["ratio", f"{s['ratio']:.1f}", "108"],
+            ["random", f"{s.random_mean:.4f} +- {s.random_std:.4f}", "0.022 +- 0.002"],
+            ["adversarial", f"{s.adversarial_mean:.4f} +- {s.adversarial_std:.4f}", "2.386 +- 0.386"],
+            ["ratio", f"{s.ratio:.1f}", "108"],
         ],
     )
     page.section("Run", "run").table(
-        ["phase", "seconds"], [[k, v] for k, v in results["timing"].items()], "{:.1f}"
+        ["phase", "seconds"], [[k, v] for k, v in results.timing.items()], "{:.1f}"
     )
-    page.preformatted("\n".join(f"{k}: {v}" for k, v in st.items()))
-    return page.write(path)
+    page.preformatted("\n".join(f"{k}: {v}" for k, v in asdict(st).items()))
+    return page

@@ -13,7 +13,6 @@ Every head computes in float64 and returns the input's dtype.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, InputError, ModelError
+from .._validation import finite, positive
+from ..errors import InputError, ModelError
 
 __all__ = [
     "PAPER_C_GRID",
@@ -217,27 +217,39 @@ class Head(nn.Module):
 
 
 class _SVMHead(Head):
-    """Shared fitting of the one-vs-all SVM heads (kernel ``gamma=None`` is linear)."""
+    """Shared fitting of the one-vs-all SVM heads (kernel ``gamma=None`` is linear).
+
+    ``c`` (and the RBF head's ``gamma``) are what the caller asked for, ``None`` meaning "choose
+    by cross-validation"; :meth:`fit` stores the values it used in ``c_`` / ``gamma_`` and leaves
+    ``c`` / ``gamma`` as they were (scikit-learn's convention), so a second ``fit`` chooses again.
+    """
 
     def __init__(
         self, c: float | None, c_grid: Sequence[float], folds: int, seed: int, cv_threshold: float | None
     ) -> None:
         super().__init__()
-        if c is not None and (not math.isfinite(c) or c <= 0):
-            raise ConfigError(f"C must be a finite number > 0, got {c}")
-        if cv_threshold is not None and not math.isfinite(cv_threshold):
-            raise ConfigError(f"cv_threshold must be finite, got {cv_threshold}")
+        if c is not None:
+            positive(c, "C")
+        if cv_threshold is not None:
+            finite(cv_threshold, "cv_threshold")
         self.c, self.c_grid, self.folds, self.seed = c, tuple(c_grid), folds, seed
         self.cv_threshold = cv_threshold
         self.cv: CVGrid | None = None
+        #: the C and gamma the last fit used (``gamma_ = None``: the linear kernel)
+        self.c_: float | None = None
+        self.gamma_: float | None = None
         self.estimators_: list[Any] = []
         self._train: tuple[Tensor, Tensor] | None = None
+
+    def _gamma(self) -> float | None:
+        """The caller's gamma (``None``: the linear kernel, or choose by cross-validation)."""
+        return None
 
     def _gamma_grid(self) -> Sequence[float | None]:
         return (None,)
 
-    def _chosen_gamma(self) -> float | None:
-        return None
+    def _needs_gamma(self) -> bool:
+        return False
 
     def fit(self, z: Tensor, y: Tensor, *, cv: CVGrid | None = None) -> _SVMHead:
         """Choose C (and gamma) by cross-validation unless given, fit, and export to torch.
@@ -246,41 +258,39 @@ class _SVMHead(Head):
         SVM-adv, which differ only in the score they are chosen by).
         """
         x, labels = _check_fit_data(z, y)
-        if self.c is None or self._needs_gamma():
-            grid = self.c_grid if self.c is None else (self.c,)
+        c, gamma = self.c, self._gamma()
+        if c is None or self._needs_gamma():
+            grid = self.c_grid if c is None else (c,)
             threshold = 0.0 if self.cv_threshold is None else self.cv_threshold
             if cv is None or not cv.covers(grid, self._gamma_grid()) or cv.threshold != threshold:
                 cv = one_vs_all_cv(z, y, grid, self._gamma_grid(), self.folds, self.seed, threshold)
             self.cv = cv
-            keys = [(c, g) for c in grid for g in self._gamma_grid()]
+            keys = [(ck, g) for ck in grid for g in self._gamma_grid()]
             c, gamma = cv.best(reject=self.cv_threshold is not None, keys=keys)
-            self.c = c
-            self._set_gamma(gamma)
+        self.c_, self.gamma_ = c, gamma
         self._train = (torch.from_numpy(x), torch.from_numpy(labels))
         self._refit()
         return self
 
-    def _needs_gamma(self) -> bool:
-        return False
-
-    def _set_gamma(self, gamma: float | None) -> None:
-        return None
+    def _chosen(self) -> tuple[float | None, float | None]:
+        """``(c_, gamma_)`` once fitted, else the caller's ``(c, gamma)`` (for :meth:`fresh`)."""
+        return (self.c_, self.gamma_) if self.c_ is not None else (self.c, self._gamma())
 
     def _refit(self) -> None:
         """Fit one sklearn ``SVC`` per class on the stored features and export them."""
         from sklearn.svm import SVC
 
-        assert self._train is not None and self.c is not None
+        assert self._train is not None and self.c_ is not None
         x, labels = self._train[0].numpy(), self._train[1].numpy()
         classes = int(labels.max()) + 1
-        gamma = self._chosen_gamma()
+        gamma = self.gamma_
         kernel: dict[str, Any] = {"kernel": "linear"} if gamma is None else {"kernel": "rbf", "gamma": gamma}
         self.estimators_ = []
         for cls in range(classes):
             target = (labels == cls).astype(np.int64)
             if target.min() == target.max():
                 raise InputError(f"class {cls} has no examples: one-vs-all needs every class")
-            self.estimators_.append(SVC(C=self.c, **kernel).fit(x, target))
+            self.estimators_.append(SVC(C=self.c_, **kernel).fit(x, target))
         self._export(x)
         self.num_classes = classes
 
@@ -332,7 +342,7 @@ class LinearSVMHead(_SVMHead):
         self.bias = torch.from_numpy(b).to(self.bias.device)
 
     def fresh(self) -> LinearSVMHead:
-        return LinearSVMHead(self.c)
+        return LinearSVMHead(self._chosen()[0])
 
     @property
     def in_features(self) -> int:
@@ -368,24 +378,21 @@ class RBFSVMHead(_SVMHead):
         cv_threshold: float | None = None,
     ) -> None:
         super().__init__(c, c_grid, folds, seed, cv_threshold)
-        if gamma is not None and (not math.isfinite(gamma) or gamma <= 0):
-            raise ConfigError(f"gamma must be a finite number > 0, got {gamma}")
+        if gamma is not None:
+            positive(gamma, "gamma")
         self.gamma, self.gamma_grid = gamma, tuple(gamma_grid)
         self.register_buffer("support", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("dual", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
+
+    def _gamma(self) -> float | None:
+        return self.gamma
 
     def _needs_gamma(self) -> bool:
         return self.gamma is None
 
     def _gamma_grid(self) -> Sequence[float | None]:
         return self.gamma_grid if self.gamma is None else (self.gamma,)
-
-    def _set_gamma(self, gamma: float | None) -> None:
-        self.gamma = gamma
-
-    def _chosen_gamma(self) -> float | None:
-        return self.gamma
 
     def _export(self, x: _F64) -> None:
         rows = np.unique(np.concatenate([m.support_ for m in self.estimators_]))
@@ -400,7 +407,7 @@ class RBFSVMHead(_SVMHead):
         )
 
     def fresh(self) -> RBFSVMHead:
-        return RBFSVMHead(self.c, self.gamma)
+        return RBFSVMHead(*self._chosen())
 
     @property
     def in_features(self) -> int:
@@ -408,10 +415,10 @@ class RBFSVMHead(_SVMHead):
 
     def forward(self, z: Tensor) -> Tensor:
         self._check_input(z)
-        assert self.gamma is not None
+        assert self.gamma_ is not None
         zd, s = z.double(), self.support
         d2 = (zd * zd).sum(1, keepdim=True) - 2 * zd @ s.T + (s * s).sum(1)[None, :]
-        return (torch.exp(-self.gamma * d2.clamp_min(0.0)) @ self.dual + self.bias).to(z.dtype)
+        return (torch.exp(-self.gamma_ * d2.clamp_min(0.0)) @ self.dual + self.bias).to(z.dtype)
 
 
 class RLSHead(Head):
@@ -428,9 +435,7 @@ class RLSHead(Head):
 
     def __init__(self, lam: float = 1.0) -> None:
         super().__init__()
-        if not math.isfinite(lam) or lam <= 0:
-            raise ConfigError(f"lam must be a finite number > 0, got {lam}")
-        self.lam = float(lam)
+        self.lam = positive(lam, "lam")
         for name in ("weight", "inverse", "moments"):
             self.register_buffer(name, torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("total", torch.zeros(0, dtype=torch.float64))

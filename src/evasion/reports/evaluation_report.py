@@ -25,7 +25,6 @@ from .plots import figure, to_svg
 __all__ = ["build_report", "write_report"]
 
 _DOCS = "docs/attack-failure-checks.md"
-_LEVEL = {"ok": "ok", "warn": "warn", "bad": "bad"}
 
 
 def _label(classes: Sequence[str], k: int) -> str:
@@ -111,7 +110,9 @@ def _model_section(page: Page, ev: Evaluation, model: str) -> None:
     page.section(f"Model {model}", anchor=f"model-{model}")
     page.paragraph(f"Clean accuracy {ev.clean_accuracy(model):.3f} on {ev.samples} samples.")
     for norm in ev.norms:
-        specs = [s for s in ev.specs.values() if s.norm == norm]
+        specs = [s for s in ev.specs.values() if s.norm == norm and s.applies_to(model)]
+        if not specs:
+            continue
         curves = [ev.curve(model, s.name) for s in specs]
         worst = ev.worst_case(model, norm) if any(not s.targeted for s in specs) else None
         page.heading(f"Security evaluation curve, {norm}")
@@ -136,6 +137,17 @@ def _model_section(page: Page, ev: Evaluation, model: str) -> None:
                     ["attack", *[f"eps {e:g}" for e in c.epsilons], "AUC", "forwards / backwards"],
                     _curve_rows([c], ev, model),
                 )
+        if any(s.role == "self-check" for s in specs):
+            page.paragraph(
+                f"self-check-{norm}: a longer APGD on the reject-aware margin loss that re-attacks, at each "
+                "epsilon, the samples no other attack of this norm broke, started from their best points; its "
+                "curve is the worst case including what it found (see the self-check flag in Checks). Attacks "
+                "with `after` run as a cascade: each curve is the worst case of the attacks up to it.",
+                css="note",
+            )
+        noise = _noise_statement(ev, model, [c for c in curves if ev.specs[c.attack].black_box], curves)
+        if noise:
+            page.paragraph(noise)
         minimal = [s.name for s in specs if s.minimum_norm]
         svg = minimal_norm_figure(ev, model, minimal) if minimal else None
         if svg is not None:
@@ -145,6 +157,33 @@ def _model_section(page: Page, ev: Evaluation, model: str) -> None:
                 caption="Smallest adversarial perturbation per correctly classified sample found by the "
                 "minimum-norm attacks (left), and the robust accuracy it implies (right).",
             )
+
+
+def _noise_statement(
+    ev: Evaluation, model: str, noise: Sequence[SecurityCurve], curves: Sequence[SecurityCurve]
+) -> str:
+    """What the noise baseline says about a defence that rejects: does it flag random noise of the
+    attacks' size as often as it rejects the attacks' points?"""
+    attacks = [c for c in curves if not ev.specs[c.attack].black_box and ev.specs[c.attack].role == "attack"]
+    if not noise or not attacks or not any(r > 0 for c in noise for r in c.rejected[1:]):
+        return ""
+    flagged, rejected, at = 0.0, 0.0, 0.0
+    for i, eps in enumerate(noise[0].epsilons[1:], start=1):
+        f = max(c.rejected[i] for c in noise if len(c.rejected) > i)
+        r = max((c.rejected[i] for c in attacks if len(c.rejected) > i), default=0.0)
+        if f - r > flagged - rejected:
+            flagged, rejected, at = f, r, eps
+    if at == 0.0:
+        return (
+            f"Noise baseline: {model} rejects random noise less often than the attacks' points at every "
+            "epsilon: its rejections are specific to adversarial perturbations."
+        )
+    return (
+        f"Noise baseline: at epsilon {at:g}, {model} rejects {flagged:.0%} of random-noise inputs (uniform or "
+        f"Gaussian, the same norm and size) but at most {rejected:.0%} of the attacks' points: it flags random "
+        "noise as often as adversarial examples (or more). It detects perturbations, not attacks, and an "
+        "attacker who knows it stays under it."
+    )
 
 
 def _examples_section(page: Page, ev: Evaluation, classes: Sequence[str]) -> None:
@@ -199,7 +238,7 @@ def _checks_section(page: Page, ev: Evaluation) -> None:
         for c in flags:
             where = "/".join(x for x in (c.model, c.attack) if x)
             eps = f", epsilon {_eps(c.epsilon)}" if c.attack else ""
-            page.flag(f"[{c.level}] {c.code} ({where}{eps}): {c.message}", level=_LEVEL.get(c.level, "warn"))
+            page.flag(f"[{c.level}] {c.code} ({where}{eps}): {c.message}", level=c.level)
     else:
         page.flag("All attack-failure checks passed.", level="ok")
     codes = list(CHECKS)
@@ -291,7 +330,7 @@ def build_report(ev: Evaluation, title: str | None = None) -> Page:
     rows = []
     for model in ev.models:
         for norm in ev.norms:
-            if any(s.norm == norm and not s.targeted for s in ev.specs.values()):
+            if any(s.norm == norm and not s.targeted and s.applies_to(model) for s in ev.specs.values()):
                 w = ev.worst_case(model, norm)
                 mid = len(w.epsilons) // 2
                 rows.append(

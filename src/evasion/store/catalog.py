@@ -64,7 +64,7 @@ def summarize(path: str | os.PathLike[str]) -> RunSummary:
             attacks=[s.name for s in store.specs()],
             cells=len(cells),
             missing=len(store.missing()),
-            seconds=sum(c[5] for c in cells),
+            seconds=sum(c.seconds for c in cells),
             sessions=len(store.sessions()),
         )
 

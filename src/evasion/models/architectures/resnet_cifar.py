@@ -11,15 +11,19 @@ The detector attachment points AD(0)-AD(4) are named layers, so a detector can a
 AD(2) the end of the first stage (still 32x32), AD(3) of the second (16x16), AD(4) of the third
 (8x8). The paper's text fixes AD(2) at full resolution, AD(3) at 16x16 and AD(4) at 8x8; the
 positions of AD(0) and AD(1) are this module's reading of its Fig. 1.
+
+Importing this module registers the zoo entry ``resnet32-cifar`` (architecture only: weights
+come from ``evasion train``).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ...errors import ModelError
 from ..classifier import Classifier, Normalize
+from ..io import load_file
+from ..registry import Device, ModelInfo, register
 from .small import seeded
 
 __all__ = [
@@ -105,7 +109,7 @@ def resnet32_cifar(seed: int = 0, num_classes: int = 10) -> ResNetCifar:
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def zoo_factory(device: str | torch.device | None = None, weights: str | None = None) -> Classifier:
+def zoo_factory(device: Device = None, weights: str | None = None) -> Classifier:
     """The zoo entry ``resnet32-cifar``: weights trained by the user (``evasion train``) are loaded.
 
     There are no bundled weights; ``weights`` is the state dict file ``evasion train`` wrote.
@@ -116,8 +120,6 @@ def zoo_factory(device: str | torch.device | None = None, weights: str | None = 
             "PATH/cifar-10-batches-py --out resnet32.pt`, then load it with "
             "models.load('resnet32-cifar', weights='resnet32.pt')"
         )
-    from ..io import load_file  # lazy: io -> zoo -> this module
-
     return load_file(
         weights,
         architecture=resnet32_cifar,
@@ -127,3 +129,17 @@ def zoo_factory(device: str | torch.device | None = None, weights: str | None = 
         name="resnet32-cifar",
         device=device,
     )
+
+
+register(
+    ModelInfo(
+        name="resnet32-cifar",
+        description="ResNet-32 of Metzen et al. 2017 for CIFAR-10 32x32 (0.47 M parameters)",
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        dataset="cifar10",
+        source="architecture only: `evasion train`",
+        factory=zoo_factory,
+        architecture=resnet32_cifar,
+    )
+)
