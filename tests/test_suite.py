@@ -73,8 +73,9 @@ def test_reject_option_suite():
     specs = _by_name(default_suite(model, GRIDS))
     for norm in ("linf", "l2"):
         assert specs[f"apgd-ce-{norm}"].attack.loss == "ce"
-        assert specs[f"apgd-dlr-{norm}"].attack.loss == "dlr"
+        assert f"apgd-dlr-{norm}" not in specs  # evades no point more than the margin against a rejection
         m = specs[f"apgd-margin-{norm}"]
+        assert m.after == (f"apgd-ce-{norm}",)  # a cascade: only what APGD-CE left
         assert isinstance(m.attack, APGD) and m.attack.loss == "margin" and m.norm == norm
         kinds = {s.attack.kind for s in specs.values() if isinstance(s.attack, Noise) and s.norm == norm}
         assert kinds == {"uniform", "gaussian"}
@@ -102,8 +103,10 @@ def test_detector_suite_adds_the_threshold_aware_dynamic_adversary():
         assert len({s.attack.sigma for s in dynamic}) == len(dynamic)
     assert not any(isinstance(s.attack, DeepFool) for s in specs.values())
     reject = set(_by_name(default_suite(_reject(), GRIDS)))
-    assert reject < set(specs)
-    assert all(n.startswith("dynamic-hinge-") for n in set(specs) - reject)
+    # no APGD-CE on a detector (it creeps on rejected points without evading), the rest of the
+    # reject-option suite, plus the threshold-aware dynamic adversary
+    assert set(specs) - reject == {s for s in specs if s.startswith("dynamic-hinge-")}
+    assert reject - set(specs) == {"apgd-ce-linf", "apgd-ce-l2"}
     check_applicable(list(specs.values()), {"detected": model})
 
 
@@ -137,8 +140,8 @@ def test_suites_restrict_shared_specs_to_their_models():
     models = {"p": _plain(), "r": _reject(), "d": _detected()}
     specs = _by_name(suites(models, GRIDS))
     for norm in ("linf", "l2"):
-        assert specs[f"apgd-ce-{norm}"].models is None  # every model: no restriction
-        assert specs[f"apgd-dlr-{norm}"].models is None
+        assert specs[f"apgd-ce-{norm}"].models == ("p", "r")  # not on the detector model
+        assert specs[f"apgd-dlr-{norm}"].models == ("p",)
         assert specs[f"apgd-margin-{norm}"].models == ("r", "d")
         assert specs[f"noise-uniform-{norm}"].models == ("r", "d")
         dyn = [s for s in specs.values() if s.name.startswith("dynamic-hinge-") and s.norm == norm]

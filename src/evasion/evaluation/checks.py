@@ -363,7 +363,7 @@ def _self_check(ev: Evaluation, model: str, name: str) -> Check:
     others = [
         s.name
         for s in ev.specs.values()
-        if s.norm == spec.norm and s.role == "attack" and s.applies_to(model)
+        if s.norm == spec.norm and s.role == "attack" and s.applies_to(model) and not s.black_box
     ]
     return _check(
         "self-check",

@@ -3,19 +3,22 @@
 A number is only as honest as the strongest attack behind it, and the strongest attack depends on
 the defence. The suite is chosen per model (:func:`default_suite`), per norm:
 
-* **every model**: APGD with the cross-entropy and with the DLR loss (Croce & Hein 2020); in L2
-  on an undefended model also the minimum-norm attacks (DeepFool, C&W), whose unbounded
-  searches give the distribution of minimal perturbations;
-* **a model with a reject option** (Melis et al.'s threshold, a detector): also APGD on the margin
+* **an undefended model**: APGD with the cross-entropy, then with the DLR loss (Croce & Hein
+  2020); in L2 also the minimum-norm attacks (DeepFool, C&W), whose unbounded searches give the
+  distribution of minimal perturbations;
+* **a model with a reject option** (Melis et al.'s threshold): APGD-CE, then APGD on the margin
   ``max_{k != y} z_k - max(z_y, z_reject)`` (the losses see the reject score through
-  ``attacker_view``: a rejection is as bad as the true class), and random noise of the same
-  norm and size, uniform and Gaussian: the baseline that tells whether a defence rejects attacks
-  or any perturbation. Minimum-norm attacks whose objective ignores the reject score (DeepFool)
-  are not run on it: their failures would be failures of the attack, not evidence about the
-  defence (they run on the undefended model);
-* **a model with a detector** (:class:`~evasion.attacks.dynamic.WithDetector`): also the dynamic
-  adversary aimed just below the detector's *deployed* threshold (``detector_loss="hinge"``), for
-  a few trade-offs ``sigma``.
+  ``attacker_view``: a rejection is as bad as the true class; on the main job's models DLR
+  evaded no point more than the margin), and random noise of the same norm and size, uniform
+  and Gaussian: the baseline that tells whether a defence rejects attacks or any perturbation.
+  Minimum-norm attacks whose objective ignores the reject score (DeepFool) are not run on it:
+  their failures would be failures of the attack, not evidence about the defence (they run on
+  the undefended model);
+* **a model with a detector** (:class:`~evasion.attacks.dynamic.WithDetector`): APGD on the
+  margin (the cross-entropy keeps creeping up on points the detector rejects without ever
+  evading it: cost without evasion), then the dynamic adversary aimed just below the
+  detector's *deployed* threshold (``detector_loss="hinge"``) for a few trade-offs ``sigma``
+  (one in L2), and the noise baseline.
 
 The white-box attacks of a norm run as a cascade (``AttackSpec.after``, AutoAttack's protocol):
 each attacks only the points the earlier ones left, so its curve is the worst case so far and
@@ -92,19 +95,21 @@ def default_suite(
         raise ConfigError(f"the default attack suite covers the linf and l2 norms, not {', '.join(unknown)}")
     specs: list[AttackSpec] = []
     for norm, grid in epsilons.items():
-        white: list[tuple[str, Attack]] = [
-            ("apgd-ce", APGD(steps=s.steps)),
-            ("apgd-dlr", APGD(steps=s.steps, loss="dlr")),
-        ]
-        if kind != "plain":
+        white: list[tuple[str, Attack]] = []
+        if kind != "detector":  # CE keeps creeping up on a detector's rejected points: no use there
+            white.append(("apgd-ce", APGD(steps=s.steps)))
+        if kind == "plain":
+            white.append(("apgd-dlr", APGD(steps=s.steps, loss="dlr")))
+        else:  # against a rejection the margin to beat is max(z_y, z_reject)
             white.append(("apgd-margin", APGD(steps=s.steps, loss="margin")))
         if kind == "detector":
+            sigmas = s.sigmas if norm == "linf" else s.sigmas[:1]
             white += [
                 (
-                    f"dynamic-hinge-{sigma:g}",
-                    DynamicAdversary(steps=s.dynamic_steps, sigma=sigma, detector_loss="hinge"),
+                    f"dynamic-hinge-{g:g}",
+                    DynamicAdversary(steps=s.dynamic_steps, sigma=g, detector_loss="hinge"),
                 )
-                for sigma in s.sigmas
+                for g in sigmas
             ]
         specs += _cascade(norm, grid, white)
         if kind != "plain":  # the noise baseline sees every point: not part of the cascade
@@ -160,7 +165,9 @@ def self_check_specs(
     out = []
     for norm in dict.fromkeys(s.norm for s in specs):
         peers = [
-            s for s in specs if s.norm == norm and not s.targeted and s.mask is None and not s.black_box and s.role == "attack"
+            s
+            for s in specs
+            if s.norm == norm and not s.targeted and s.mask is None and not s.black_box and s.role == "attack"
         ]
         if not peers or norm not in APGD.norms:
             continue
@@ -176,5 +183,6 @@ def self_check_specs(
             else tuple(dict.fromkeys(m for s in peers for m in s.models or ()))
         )
         attack = APGD(steps=steps, loss="margin")
-        out.append(AttackSpec(attack, norm, grid, name=name, models=models, role="self-check"))
+        after = [str(s.name) for s in peers]  # part of its fingerprint: new attacks mean a new self-check
+        out.append(AttackSpec(attack, norm, grid, name=name, models=models, after=after, role="self-check"))
     return out

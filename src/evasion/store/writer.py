@@ -142,6 +142,14 @@ class RunWriter:
             n: (fp, json.loads(i))
             for n, fp, i in self.db.execute("SELECT name, fingerprint, info FROM specs")
         }
+        stale = [
+            s.name
+            for s in setup.specs
+            if s.role == "self-check" and s.name in specs and specs[s.name][0] != s.fingerprint
+        ]
+        if stale:  # a self-check depends on the attacks it re-checks: when they change, redo it
+            self._drop_attacks(stale)
+            specs = {n: v for n, v in specs.items() if n not in stale}
         for s in setup.specs:
             if s.name in specs and specs[s.name][0] != s.fingerprint:
                 raise StoreError(
@@ -182,6 +190,13 @@ class RunWriter:
             atomic_write_text(self.path / "config.toml", text)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path / 'config.toml'} ({exc.strerror or exc})") from None
+
+    def _drop_attacks(self, names: list[str]) -> None:
+        """Forget every cell of these attacks and their spec entries (derived results to recompute)."""
+        self.forget([c.cell for c in self.reader.cells() if c.cell.attack in names])
+        with transaction(self.db, "dropping a stale self-check"):
+            for name in names:
+                self.db.execute("DELETE FROM specs WHERE name=?", (name,))
 
     def forget(self, cells: list[Cell]) -> None:
         """Drop cells (their records and shards) so that the next run recomputes them.
