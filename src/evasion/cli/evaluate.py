@@ -32,9 +32,12 @@ def add_parser(sub: Any) -> None:
         description="Security evaluation: accuracy vs. perturbation budget per attack and worst case, "
         "attack-failure checks, an HTML report. Without CONFIG it runs the embedded default "
         "(mnist-cnn undefended, with a reject option and with a detector subnetwork on layer pool1, "
-        "on 200 mnist5k test images; FGSM, PGD-Linf, APGD, DeepFool, C&W, PGD-L2 and the dynamic "
-        "adversary, an adaptive attack on classifier and detector together; the detector is trained "
-        "once, about 15 s, and cached). "
+        "on 200 mnist5k test images, each under the default attack suite of its defence: APGD "
+        "cascades, a margin that also sees the reject score, the dynamic adversary aimed at the "
+        "detector's deployed threshold, a random-noise baseline, DeepFool and C&W on the undefended "
+        "model; the detector is trained once, about 15 s, and cached). A config without [[attacks]] "
+        "gets the same default suites. Every run adds a self-check per norm: a longer APGD that "
+        "re-attacks what every attack left ([run] self_check = false turns it off). "
         "Re-running the same command resumes an interrupted run and computes only what is new.",
     )
     p.add_argument("config", nargs="?", type=Path, help="TOML config (default: the embedded default)")
