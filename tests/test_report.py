@@ -132,3 +132,32 @@ def test_report_in_a_real_browser(tmp_path):
             assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         finally:
             browser.quit()
+
+
+def _curve(name: str, rejected: list[float]):  # type: ignore[no-untyped-def]
+    from evasion.evaluation import SecurityCurve
+
+    eps = [0.0, 0.1, 0.2][: len(rejected)]
+    acc = [1.0 - r for r in rejected]
+    return SecurityCurve("m", name, "linf", eps, acc, rejected, [0.0] * len(eps))
+
+
+def test_the_noise_baseline_statement_compares_noise_with_the_attacks_catch():
+    from types import SimpleNamespace
+
+    from evasion.evaluation.spec import SpecInfo
+    from evasion.reports.evaluation_report import _noise_statement
+
+    specs = {
+        "pgd": SpecInfo("pgd", "linf", (0.0, 0.1, 0.2), "PGD()", "pgd"),
+        "noise": SpecInfo("noise", "linf", (0.0, 0.1, 0.2), "Noise()", "noise", black_box=True),
+    }
+    ev = SimpleNamespace(specs=specs)
+    attack = _curve("pgd", [0.0, 0.4, 0.1])  # the defence caught 40% of the attack's points at 0.1
+    flags_noise = _curve("noise", [0.0, 0.9, 0.95])
+    said = _noise_statement(ev, "m", [flags_noise], [attack, flags_noise])  # type: ignore[arg-type]
+    assert "flags random noise as often as adversarial examples" in said and "95%" in said and "40%" in said
+    quiet_noise = _curve("noise", [0.0, 0.1, 0.2])
+    said = _noise_statement(ev, "m", [quiet_noise], [attack, quiet_noise])  # type: ignore[arg-type]
+    assert "less often than the attacks' points" in said
+    assert _noise_statement(ev, "m", [], [attack]) == ""  # no noise baseline, nothing to say
