@@ -387,16 +387,15 @@ def _peer_part(state: ChainState, peers: Sequence[ChainState]) -> Computed | Non
     rows = (broken.any(0) & ~state.broken).nonzero()[:, 0]
     if rows.numel() == 0:
         return None
-    pick = [peers[int(i)] for i in broken[:, rows].float().argmax(0)]
+    first = broken[:, rows].float().argmax(0)  # the first peer that broke each row
+
+    def take(field: str) -> Tensor:
+        return torch.stack([getattr(p, field) for p in peers])[first, rows]
+
     zeros = torch.zeros(len(rows), dtype=torch.int64)
-    verdict = Verdict(
-        torch.stack([p.prediction[r] for p, r in zip(pick, rows)]),
-        torch.ones(len(rows), dtype=torch.bool),
-        torch.stack([p.confidence[r] for p, r in zip(pick, rows)]),
-        torch.stack([p.norm_value[r] for p, r in zip(pick, rows)]),
-        torch.ones(len(rows), dtype=torch.bool),
-    )
-    points = torch.stack([p.points[r] for p, r in zip(pick, rows)])
+    ones = torch.ones(len(rows), dtype=torch.bool)
+    verdict = Verdict(take("prediction"), ones, take("confidence"), take("norm_value"), ones)
+    points = take("points")
     return Computed(rows, points, verdict, "peer", zeros, zeros, verdict.success)
 
 

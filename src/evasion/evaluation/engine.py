@@ -209,8 +209,9 @@ def evaluate(
     elif epsilons is not None:
         raise ConfigError("epsilons= is for the default suite; with attacks, each AttackSpec has its grid")
     specs = _specs(attacks)
-    for name in sorted({m for s in specs.values() for m in s.models or ()} - set(clfs)):
-        raise UnknownNameError("model of an attack's models", name, list(clfs))
+    unknown = sorted({m for s in specs.values() for m in s.models or ()} - set(clfs))
+    if unknown:
+        raise UnknownNameError("model of an attack's models", unknown[0], list(clfs))
     if self_check:
         specs.update({str(s.name): s for s in self_check_specs(list(specs.values()))})
     for clf in clfs.values():
