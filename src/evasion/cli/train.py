@@ -4,6 +4,12 @@ For architectures the zoo lists without weights (e.g. ``resnet32-cifar``, the CI
 Metzen et al.), or to retrain any zoo architecture on other data. Writes ``OUT`` (a state dict,
 loadable with ``models.load(OUT, architecture=ARCH)``) and ``OUT.json`` (recipe, accuracy,
 checksum). Training is the library's seeded trainer (Adam, cosine learning rate, cross-entropy).
+
+With ``--adversarial RECIPE --epsilon E`` (or ``--distill T``) it trains with
+:class:`evasion.training.AdversarialTrainer` instead, and ``--out`` is a folder: ``model.pt`` (the
+state dict), ``training.json`` (the recipe, the per-epoch log, catastrophic-overfitting events,
+test accuracies) and ``checkpoints/`` (one per epoch, written atomically). Re-running the same
+command after a crash resumes from the last checkpoint and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from ..errors import ConfigError, InputError
 from ..models import zoo
 from ..models.io import resolve_architecture
 from ..models.training import accuracy, train_classifier
+from ..threat_model import ThreatModel
+from ..training import RECIPES, SCHEDULES, AdversarialTrainer, CheckpointDir, TrainConfig, distill
+from ..training.trainer import EpochRecord
 from .common import environment, pick_device, progress, write_json
 
 __all__ = ["add_parser", "run"]
@@ -52,6 +61,37 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, help="weights file (default: out/train/ARCH.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
+    adv = p.add_argument_group(
+        "adversarial training (--out is then a folder: model.pt, training.json, checkpoints/)"
+    )
+    adv.add_argument(
+        "--adversarial",
+        metavar="RECIPE",
+        help=f"train on adversarial examples: {', '.join(RECIPES)} (none: standard training, same outputs)",
+    )
+    adv.add_argument("--epsilon", type=float, help="training budget in --norm (required with a recipe)")
+    adv.add_argument("--norm", default="linf", help="linf or l2 (default linf)")
+    adv.add_argument("--beta", type=float, default=6.0, help="trades: weight of the KL term (default 6)")
+    adv.add_argument("--adv-weight", type=float, default=0.5, help="fgsm: weight of the adversarial loss")
+    adv.add_argument("--steps", type=int, default=10, help="pgd / trades inner steps (default 10)")
+    adv.add_argument(
+        "--warmup-epochs",
+        type=float,
+        help="grow epsilon linearly from 0 over this many epochs (default: a quarter of the epochs)",
+    )
+    adv.add_argument("--schedule", default="cosine", help=f"learning rate: {', '.join(SCHEDULES)}")
+    adv.add_argument(
+        "--val-size",
+        type=int,
+        default=500,
+        help="training samples held out for the per-epoch clean/robust accuracy (and fgsm-rs's check)",
+    )
+    adv.add_argument(
+        "--distill",
+        type=float,
+        metavar="T",
+        help="defensive distillation at temperature T (e.g. 100): a gradient-masking baseline to break",
+    )
     p.set_defaults(func=run)
 
 
@@ -107,6 +147,11 @@ def _save(module: nn.Module, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.adversarial is not None or args.distill is not None:
+        return run_adversarial(args)
+    for flag in ("epsilon", "warmup_epochs"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} needs --adversarial RECIPE")
     build = resolve_architecture(args.architecture)
     info = zoo.model_info(args.architecture, missing_ok=True)
     device = pick_device(args.device)
@@ -140,5 +185,163 @@ def run(args: argparse.Namespace) -> int:
         f"trained {args.architecture} on {len(train)} images of {args.data} in {seconds:.1f} s: "
         f"train accuracy {summary['train_accuracy']:.4f}, {args.test_split} accuracy {acc}\n"
         f"  saved {out} (+ .json); load with {summary['load_with']}"
+    )
+    return 0
+
+
+# -- adversarial training ----------------------------------------------------------------------
+def _adversarial_config(args: argparse.Namespace) -> TrainConfig:
+    """The trainer config from the options (one-line errors for every bad value)."""
+    recipe = "none" if args.adversarial is None else args.adversarial
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r} for --adversarial; valid: {', '.join(RECIPES)}")
+    if args.distill is not None:
+        if recipe != "none":
+            raise ConfigError("--distill trains without adversarial examples: drop --adversarial or use none")
+        if not args.distill > 1:
+            raise ConfigError(f"--distill T needs a temperature > 1, got {args.distill}")
+    if recipe == "none":
+        if args.epsilon is not None and args.epsilon != 0:
+            raise ConfigError("--epsilon has no effect with --adversarial none")
+        epsilon = 0.0
+    else:
+        if args.epsilon is None:
+            raise ConfigError(f"--adversarial {recipe} needs --epsilon (e.g. 0.3 for MNIST in L-inf)")
+        if not args.epsilon > 0:
+            raise ConfigError(f"--epsilon must be > 0, got {args.epsilon}")
+        epsilon = args.epsilon
+    norm = ThreatModel(args.norm, 0.0).norm
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2, got {args.norm!r}")
+    warmup = (
+        args.warmup_epochs
+        if args.warmup_epochs is not None
+        else (0.0 if recipe == "none" else args.epochs / 4)
+    )
+    if args.val_size < 0:
+        raise ConfigError(f"--val-size must be >= 0, got {args.val_size}")
+    return TrainConfig(
+        recipe=recipe,
+        epsilon=epsilon,
+        norm=norm,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
+        warmup_epochs=warmup,
+        adv_weight=args.adv_weight,
+        beta=args.beta,
+        steps=args.steps,
+        temperature=1.0 if args.distill is None else float(args.distill),
+        augment_shift=args.augment_shift,
+        check_size=max(1, min(256, args.val_size)),
+    )
+
+
+def _split(train: datasets.Dataset, size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """(training part, seeded validation part of ``size`` samples; ``None`` when size is 0)."""
+    if size == 0:
+        return train, None
+    if size >= len(train):
+        raise ConfigError(f"--val-size {size} leaves nothing to train on ({len(train)} samples)")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+    return train.subset(order[size:].sort().values), train.subset(order[:size])
+
+
+def _robust_accuracy(clf: Any, test: datasets.Dataset, config: TrainConfig, n: int = 500) -> float | None:
+    """PGD-20 accuracy at the training budget on the first ``n`` test samples."""
+    from ..attacks import PGD
+
+    if config.epsilon == 0:
+        return None
+    x, y = test.x[:n], test.y[:n]
+    threat = ThreatModel(config.norm, config.epsilon, config.bounds)
+    result = PGD(steps=20)(clf, x, y, threat=threat, generator=torch.Generator().manual_seed(config.seed))
+    return result.robust_accuracy
+
+
+def run_adversarial(args: argparse.Namespace) -> int:
+    """`evasion train ARCH --adversarial RECIPE --epsilon E --out DIR` (or ``--distill T``)."""
+    config = _adversarial_config(args)
+    out = args.out or Path("out/train") / args.architecture.replace(":", "_")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file; adversarial training writes a folder (model.pt, training.json)"
+        )
+    build = resolve_architecture(args.architecture)
+    info = zoo.model_info(args.architecture, missing_ok=True)
+    device = pick_device(args.device)
+    data = _training_data(args, info)
+    train, val = _split(data, args.val_size, args.seed)
+    test = None if args.test_split == "none" else datasets.load(args.data, split=args.test_split)
+    what = f"distill T={config.temperature:g}" if args.distill is not None else config.recipe
+    started = time.perf_counter()
+    with progress(args.quiet) as bar:
+        phases = 2 if args.distill is not None else 1
+        task = bar.add(f"{what} {args.architecture} on {train.name}", args.epochs * phases)
+
+        def tick(record: EpochRecord) -> None:
+            clean = "n/a" if record.val_clean is None else f"{record.val_clean:.3f}"
+            robust = "n/a" if record.val_robust is None else f"{record.val_robust:.3f}"
+            bar.update(
+                task,
+                description=f"{what} {args.architecture}: epoch {record.epoch}, loss {record.loss:.4f}, "
+                f"val clean {clean}, robust {robust} (eps {record.epsilon:.3g})",
+            )
+            bar.advance(task)
+
+        def fresh() -> nn.Module:
+            return build().to(device)
+
+        folder = CheckpointDir(out / "checkpoints")
+        if args.distill is not None:
+            teacher, result = distill(
+                fresh,
+                train,
+                config,
+                val=val,
+                checkpoints=(
+                    CheckpointDir(out / "checkpoints" / "teacher"),
+                    CheckpointDir(out / "checkpoints" / "student"),
+                ),
+                progress=tick,
+            )
+        else:
+            teacher = None
+            result = AdversarialTrainer(config, checkpoints=folder, progress=tick).fit(fresh(), train, val)
+    seconds = time.perf_counter() - started
+    clf = result.classifier
+    module = clf.module
+    test_acc = None if test is None else accuracy(module, test)
+    robust = None if test is None else _robust_accuracy(clf, test, config)
+    model_path = out / "model.pt"
+    _save(module, model_path)
+    summary = {
+        "architecture": args.architecture,
+        "data": f"{args.data}:{args.split}",
+        "samples": len(train),
+        "validation_samples": 0 if val is None else len(val),
+        "config": config.fingerprint(),
+        "distilled": args.distill is not None,
+        "log": result.log(),
+        "teacher_log": None if teacher is None else teacher.log(),
+        "test_accuracy": test_acc,
+        "test_robust_accuracy_pgd20": robust,
+        "seconds": round(seconds, 2),
+        "sha256": sha256_file(model_path),
+        "load_with": f"models.load({str(model_path)!r}, architecture={args.architecture!r})",
+        "environment": environment(device),
+    }
+    write_json(out / "training.json", summary)
+    acc = "n/a" if test_acc is None else f"{test_acc:.4f}"
+    rob = "" if robust is None else f", PGD-20 accuracy at {config.norm} {config.epsilon:g}: {robust:.4f}"
+    resumed = "" if result.resumed_from is None else f" (resumed after epoch {result.resumed_from})"
+    events = "".join(f"\n  event: {e['event']} at epoch {e['epoch']}: {e['action']}" for e in result.events)
+    print(
+        f"trained {args.architecture} ({what}) on {len(train)} images of {args.data} in {seconds:.1f} s"
+        f"{resumed}: {args.test_split} accuracy {acc}{rob}{events}\n"
+        f"  saved {model_path}, {out / 'training.json'}; load with {summary['load_with']}"
     )
     return 0
