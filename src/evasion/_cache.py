@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import warnings
@@ -60,13 +61,40 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process umask (read from /proc on Linux, else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(target: Path) -> int:
+    """The mode a plain ``open(target, "w")`` would leave: the existing file's, else 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(f)`` on a temporary file next to ``path``, then move it into place atomically."""
+    """Call ``write(f)`` on a temporary file next to ``path``, then move it into place atomically.
+
+    The file gets the mode a normal write would give it (``mkstemp`` alone makes it 0600).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _file_mode(target))
             write(f)
             f.flush()
             os.fsync(f.fileno())

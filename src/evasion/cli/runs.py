@@ -24,11 +24,19 @@ def add_parser(sub: Any) -> None:
     show.add_argument("run", help="run folder, or a run name under --root")
     show.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder holding runs (default: runs)")
     show.set_defaults(func=_show)
-    check = runs_sub.add_parser("check", help="verify every stored cell (records and shard checksums)")
+    check = runs_sub.add_parser(
+        "check",
+        help="verify every stored cell (records and shard checksums)",
+        description="Check every committed cell: its records against the checksum written with them, "
+        "its row count and its shard. Exit status 1 if a cell was modified or damaged (each is named), "
+        "0 otherwise; cells written before checksums existed are listed as unverified.",
+    )
     check.add_argument("run", help="run folder, or a run name under --root")
     check.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder holding runs (default: runs)")
     check.add_argument(
-        "--repair", action="store_true", help="drop damaged cells so that a re-run recomputes them"
+        "--repair",
+        action="store_true",
+        help="drop modified or damaged cells so that a re-run recomputes them",
     )
     check.set_defaults(func=_check)
 
@@ -75,35 +83,72 @@ def _show(args: argparse.Namespace) -> int:
 
     path = find_run(args.run, args.root)
     with RunStore.open(path) as store:
-        ev = store.evaluation(examples=False)
+        ev = store.evaluation(examples=False, allow_modified=True)
         missing = len(store.missing())
         sessions = store.sessions()
     seconds = float(ev.meta.get("seconds", 0.0))
-    print(summary(ev, path, path / "report.html" if (path / "report.html").exists() else None, seconds))
+    reused = (sessions[-1].get("reused") or 0) if sessions else 0
+    report = path / "report.html" if (path / "report.html").exists() else None
+    integrity = ev.meta.get("integrity", {})
+    for where in integrity.get("modified", []):  # first, so that tampered numbers never look clean
+        print(f"MODIFIED: {where}: its records differ from their checksum (see `evasion runs check`)")
+    print(summary(ev, path, report, seconds, reused))
     status = "complete" if not missing else f"incomplete: {missing} cells left (re-run the same command)"
     print(f"status: {status}; {len(sessions)} session(s)")
     for s in sessions:
+        print(f"  {_session_line(s)}")
+    if integrity.get("modified"):
         print(
-            f"  #{s['id']} {s.get('command', '?')} engine={s.get('engine', '?')} started {_when(s['started'])}"
-            f" finished {_when(s['finished']) if s.get('finished') else '(not finished)'}"
+            f"{len(integrity['modified'])} cell(s) MODIFIED after they were committed: the numbers above include them"
         )
+    if integrity.get("unverified"):
+        print(f"{integrity['unverified']} cell(s) unverified (written before checksums)")
     return 0
 
 
+def _count(n: object) -> str:
+    return "?" if n is None else str(n)
+
+
+def _session_line(s: dict[str, Any]) -> str:
+    """One session: command, engine, status, start and end, cells computed and reused."""
+    status = str(s.get("status", "?"))
+    end = f", ended {_when(s['finished'])}" if s.get("finished") else ""
+    return (
+        f"#{s['id']} {s.get('command', '?')} engine={s.get('engine', '?')}: {status}; "
+        f"started {_when(s['started'])}{end}; {_count(s.get('computed'))} cells computed, "
+        f"{_count(s.get('reused'))} reused"
+    )
+
+
 def _check(args: argparse.Namespace) -> int:
+    """Check every cell; name each modified or damaged one; exit 1 if there is any."""
     path = find_run(args.run, args.root)
     with RunStore.open(path) as store:
-        bad = store.verify()
-        for cell, reason in bad:
-            print(f"damaged: {cell.describe()}: {reason}")
+        found = store.integrity()
+        for m in found.modified:
+            print(f"modified: {m.where}: its records differ from the checksum written when it was committed")
+        for stored, reason in found.damaged:
+            print(f"damaged: {store.reader.describe(stored.cell)}: {reason}")
+        bad = [m.stored.cell for m in found.modified] + [s.cell for s, _ in found.damaged]
         if bad and args.repair:
-            store.forget([cell for cell, _ in bad])
-            print(
-                f"dropped {len(bad)} damaged cell(s); re-run `evasion evaluate` with the same config to recompute them"
-            )
-            return 0
+            store.forget(bad)
+    if found.unverified:
+        print(f"{len(found.unverified)} cell(s) unverified (written before checksums)")
     if not bad:
-        print(f"{path}: all {len(RunStore.open(path).cells())} cells verified")
+        done = (
+            f"all {found.cells} cells verified"
+            if not found.unverified
+            else f"{found.verified} cells verified"
+        )
+        print(f"{path}: {done}")
         return 0
-    print("re-run with --repair to drop them")
+    counts = ", ".join(
+        f"{n} {what}" for n, what in ((len(found.modified), "modified"), (len(found.damaged), "damaged")) if n
+    )
+    print(f"{path}: {counts} of {found.cells} cells; {found.verified} verified")
+    if args.repair:
+        print(f"dropped {len(bad)} cell(s); re-run `evasion evaluate` with the same config to recompute them")
+        return 0
+    print("re-run with --repair to drop them (a re-run of the same command recomputes them)")
     return 1

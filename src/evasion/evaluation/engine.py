@@ -246,12 +246,15 @@ def evaluate(
     else:
         engine.run(tasks, ctx, run.load, run.emit)
     run.finish()
+    finish = getattr(store, "finish", None)  # optional Sink hook: this session has every cell
+    if callable(finish):
+        finish()
     ev = Evaluation.from_outputs(
         list(clfs),
         infos,
         len(y),
         run.outputs,
-        meta={"data": data_name, "seed": seed, "batch_size": batch_size},
+        meta={"data": data_name, "seed": seed, "batch_size": batch_size, "classes": classes},
     )
     return ev.with_examples(run.picker.examples(x, y, ev.clean_columns))
 

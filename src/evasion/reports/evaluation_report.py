@@ -4,6 +4,10 @@ One self-contained file (inline SVG plots and PNG images, no network access) ren
 :class:`~evasion.evaluation.Evaluation` alone, so ``evasion report RUN`` can redraw it from the
 store. Every user-supplied string (class names, run names, paths, config text) is escaped by
 :class:`~evasion.reports.html.Page`.
+
+A report over records that no longer match their checksums (``meta["integrity"]``, from
+:meth:`evasion.store.RunStore.evaluation` with ``allow_modified=True``) carries it in its title and
+an error banner naming every modified cell: it never looks like a clean report.
 """
 
 from __future__ import annotations
@@ -256,6 +260,10 @@ def _checks_section(page: Page, ev: Evaluation) -> None:
     page.bullets([f"{code}: {text}" for code, text in CHECKS.items()])
 
 
+def _count(n: Any) -> str:
+    return "?" if n is None else str(n)
+
+
 def _when(t: Any) -> str:
     return dt.datetime.fromtimestamp(float(t)).isoformat(timespec="seconds") if t else "-"
 
@@ -299,12 +307,15 @@ def _metadata_section(page: Page, ev: Evaluation) -> None:
         page.heading("Sessions (each invocation that wrote this run)")
         keys = ["command", "engine", "evasion", "torch", "python", "device", "platform", "torch_threads"]
         page.table(
-            ["#", "started", "finished", *keys],
+            ["#", "status", "started", "ended", "cells computed", "cells reused", *keys],
             [
                 [
                     s.get("id"),
+                    s.get("status", "-"),
                     _when(s.get("started")),
-                    _when(s.get("finished")),
+                    _when(s.get("finished")) if s.get("finished") else "(not yet)",
+                    _count(s.get("computed")),
+                    _count(s.get("reused")),
                     *[s.get(k, "-") for k in keys],
                 ]
                 for s in sessions
@@ -315,11 +326,71 @@ def _metadata_section(page: Page, ev: Evaluation) -> None:
         page.preformatted(str(meta["config"]))
 
 
+def _integrity_flags(page: Page, ev: Evaluation) -> None:
+    """Error banner for modified records, a warning for cells that predate checksums."""
+    integrity = ev.meta.get("integrity") or {}
+    modified = list(integrity.get("modified", []))
+    if modified:
+        page.flag(
+            f"RECORDS MODIFIED: {len(modified)} cell(s) of this run no longer match the checksums written "
+            "when they were committed; every number computed from them below is untrustworthy. "
+            "`evasion runs check RUN --repair` drops them and a re-run recomputes them.",
+            level="bad",
+        )
+        page.bullets(modified)
+    damaged = list(integrity.get("damaged", []))
+    if damaged:
+        page.flag(f"{len(damaged)} damaged cell(s): " + "; ".join(damaged), level="bad")
+    unverified = int(integrity.get("unverified", 0) or 0)
+    if unverified:
+        page.flag(
+            f"{unverified} of {integrity.get('cells', '?')} cells are unverified (written before checksums): "
+            "an edit of their records would not be detected.",
+            level="warn",
+        )
+
+
+def _summary_tables(page: Page, ev: Evaluation) -> None:
+    """Worst case per model and norm at the middle and the largest epsilon, one table per norm and
+    grid, so that every column says which norm and epsilon it is."""
+    tables: dict[tuple[str, ...], list[list[object]]] = {}
+    for norm in ev.norms:
+        for model in ev.models:
+            if not any(s.norm == norm and not s.targeted and s.applies_to(model) for s in ev.specs.values()):
+                continue
+            w = ev.worst_case(model, norm)
+            mid, last = w.epsilons[len(w.epsilons) // 2], w.epsilons[-1]
+            header: tuple[str, ...] = (
+                "model",
+                "clean accuracy",
+                f"worst-case accuracy, {norm} eps {mid:g}",
+                f"rejected, {norm} eps {mid:g}",
+                f"worst-case accuracy, {norm} eps {last:g} (largest)",
+                f"rejected, {norm} eps {last:g} (largest)",
+                f"AUC ({norm})",
+            )
+            i = len(w.epsilons) // 2
+            tables.setdefault(header, []).append(
+                [
+                    model,
+                    w.clean_accuracy,
+                    w.accuracy[i],
+                    w.rejected[i],
+                    w.accuracy[-1],
+                    w.rejected[-1],
+                    w.auc(),
+                ]
+            )
+    for columns, rows in tables.items():
+        page.table(list(columns), rows)
+
+
 def build_report(ev: Evaluation, title: str | None = None) -> Page:
     """The report page of an evaluation."""
     run = str(ev.meta.get("run", "")) or "evaluation"
+    tampered = bool((ev.meta.get("integrity") or {}).get("modified"))
     page = Page(
-        title or f"Security evaluation: {Path(run).name}",
+        ("[MODIFIED RECORDS] " if tampered else "") + (title or f"Security evaluation: {Path(run).name}"),
         subtitle=f"{', '.join(ev.models)} on {ev.meta.get('data', 'data')} ({ev.samples} samples); "
         f"generated {dt.datetime.now().isoformat(timespec='seconds')}",
     )
@@ -330,39 +401,8 @@ def build_report(ev: Evaluation, title: str | None = None) -> Page:
         + [("examples", "Examples"), ("checks", "Checks"), ("metadata", "Metadata")]
     )
     page.section("Summary", anchor="summary")
-    rows = []
-    for model in ev.models:
-        for norm in ev.norms:
-            if any(s.norm == norm and not s.targeted and s.applies_to(model) for s in ev.specs.values()):
-                w = ev.worst_case(model, norm)
-                mid = len(w.epsilons) // 2
-                rows.append(
-                    [
-                        model,
-                        norm,
-                        w.clean_accuracy,
-                        f"{w.epsilons[mid]:g}",
-                        w.accuracy[mid],
-                        w.rejected[mid],
-                        f"{w.epsilons[-1]:g}",
-                        w.accuracy[-1],
-                        w.rejected[-1],
-                        w.auc(),
-                    ]
-                )
-    header = [
-        "model",
-        "norm",
-        "clean accuracy",
-        "eps",
-        "worst-case accuracy",
-        "rejected",
-        "largest eps",
-        "worst-case accuracy",
-        "rejected",
-        "AUC",
-    ]
-    page.table(header, rows)
+    _integrity_flags(page, ev)
+    _summary_tables(page, ev)
     n_flags = len(ev.checks)
     page.flag(
         f"{n_flags} attack-failure flag(s); see below." if n_flags else "All attack-failure checks passed.",

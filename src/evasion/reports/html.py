@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from .._cache import atomic_write_text
 from .png import encode_png, to_uint8
 
 __all__ = ["GridCell", "Page", "escape", "png_data_uri"]
@@ -181,10 +182,5 @@ class Page:
         )
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the page atomically (tmp file + rename)."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, out)
-        return out
+        """Write the page atomically (unique tmp file + rename; the umask decides its mode)."""
+        return atomic_write_text(path, self.render())

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from .catalog import RunSummary, find_run, list_runs, summarize
 from .database import FORMAT_VERSION
-from .reader import RunReader, StoredCell
+from .reader import Integrity, RecordsModified, RunReader, StoredCell
 from .run import RunStore
 from .writer import RunWriter
 
 __all__ = [
     "FORMAT_VERSION",
+    "Integrity",
+    "RecordsModified",
     "RunReader",
     "RunStore",
     "RunSummary",

@@ -1,11 +1,18 @@
-"""The SQLite side of a run folder: schema, versioning, and one-transaction cell commits.
+"""The SQLite side of a run folder: schema, versioning, one-transaction cell commits, checksums.
 
 WAL journal with ``synchronous=FULL``: a commit that returned is on disk, and a process killed
 at any moment (``kill -9``) leaves either the whole cell or nothing of it.
+
+Each committed cell has a SHA-256 over its cell entry and its record rows (:func:`records_digest`),
+written in the transaction that commits the cell (table ``checksums``), so that a value edited in
+the database afterwards is detected when the cell is read. It detects accidental or naive edits,
+not a forger: whoever can write the database can also rewrite the checksum (there is no secret key).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -18,7 +25,7 @@ import numpy as np
 from ..errors import StoreError
 from ..evaluation.records import ATTACK_COLUMNS, CLEAN_COLUMNS
 
-__all__ = ["FORMAT_VERSION", "connect", "insert_columns", "select_columns"]
+__all__ = ["FORMAT_VERSION", "connect", "insert_columns", "records_digest", "select_columns"]
 
 #: bump when the layout changes in a way older/newer versions cannot read
 FORMAT_VERSION = 1
@@ -46,7 +53,15 @@ CREATE TABLE IF NOT EXISTS records (model TEXT NOT NULL, attack TEXT NOT NULL, e
 CREATE TABLE IF NOT EXISTS clean (model TEXT NOT NULL,
     {", ".join(f"{c} {_TYPES[t]}" for c, t in zip(CLEAN_SQL, CLEAN_COLUMNS.values()))},
     PRIMARY KEY (model, idx));
+CREATE TABLE IF NOT EXISTS checksums (key TEXT PRIMARY KEY, records TEXT NOT NULL);
 """
+
+#: columns added to ``sessions`` after format 1 was released (added on open, NULL in old rows):
+#: how the session ended, how many cells it computed and how many it reused from earlier sessions
+_SESSION_COLUMNS = {"status": "TEXT", "computed": "INTEGER", "reused": "INTEGER"}
+
+#: the meta key holding the first session whose cells all carry a checksum (older ones predate them)
+CHECKSUMS_SINCE = "checksums_since"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -59,9 +74,22 @@ def connect(path: Path) -> sqlite3.Connection:
         if status is None or status[0] != "ok":
             raise StoreError(f"results database {path} is corrupt ({status[0] if status else 'no answer'})")
         db.executescript(SCHEMA)
+        _migrate(db)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"results database {path} is corrupt or not a database ({exc})") from None
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns newer versions record to a store written before them (nothing is recomputed).
+
+    Old cells get no checksum here: computing one now would bless whatever the rows hold today,
+    so they stay "unverified (written before checksums)".
+    """
+    have = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    for name, kind in _SESSION_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
 
 
 @contextmanager
@@ -128,8 +156,50 @@ def select_columns(
     out = {}
     for j, (name, dtype) in enumerate(spec.items()):
         values = [r[j] for r in rows]
-        if dtype is np.float64:
-            out[name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-        else:
-            out[name] = np.array(values, dtype=dtype).reshape(len(rows))
+        try:
+            if dtype is np.float64:
+                out[name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+            else:
+                out[name] = np.array(values, dtype=dtype).reshape(len(rows))
+        except (TypeError, ValueError) as exc:  # a value edited to text or NULL by hand
+            raise StoreError(
+                f"column {name!r} of table {table} holds a value that is not a number ({exc})"
+            ) from None
     return out
+
+
+def _canonical(values: np.ndarray, dtype: Any, order: np.ndarray) -> bytes:
+    """The little-endian bytes of one column in sample order, as the database gives it back.
+
+    NaN (stored as NULL) becomes the one quiet NaN and -0.0 becomes 0.0 (SQLite may store an
+    integral REAL as an integer), so the digest of the rows written equals that of the rows read.
+    """
+    if dtype is np.float64:
+        a = np.asarray(values, dtype=np.float64)[order].copy()
+        a[np.isnan(a)] = np.nan
+        return (a + 0.0).astype("<f8").tobytes()
+    if dtype is np.bool_:
+        return np.asarray(values, dtype=np.bool_)[order].astype("<i1").tobytes()
+    return np.asarray(values).astype(np.int64)[order].astype("<i8").tobytes()
+
+
+def _number(v: Any) -> str:
+    return (float(v) + 0.0).hex()
+
+
+def records_digest(entry: Sequence[Any], spec: dict[str, Any], columns: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a cell: its entry (key, kind, model, attack, epsilon, batch, first, rows, shard,
+    shard sha256, seconds) and its per-sample columns sorted by sample index, column by column.
+
+    Numbers enter as ``float.hex`` (exact; an integral REAL that SQLite returns as an integer
+    gives the same text), so the same cell written and read back gives the same digest; any
+    changed value, row or entry field gives another.
+    """
+    head = [_number(v) if isinstance(v, (int, float, np.number)) else v for v in entry]
+    h = hashlib.sha256(b"evasion-cell-records-v1\0")
+    h.update(json.dumps(head).encode())
+    order = np.argsort(np.asarray(columns["index"], dtype=np.int64), kind="stable")
+    for name, dtype in spec.items():
+        h.update(f"\0{name}:{np.dtype(dtype).str}:{len(order)}\0".encode())
+        h.update(_canonical(columns[name], dtype, order))
+    return h.hexdigest()

@@ -9,9 +9,10 @@ Layout::
     RUN/inputs.npz         the first inputs (for the report's image grids)
     RUN/report.html        the report
 
-A cell is committed in one transaction after its shard is on disk; a run killed at any moment
-resumes from its committed cells, and adding an epsilon or an attack computes only what is new.
-Only one process may write a run folder at a time (an advisory lock).
+A cell is committed in one transaction after its shard is on disk, with a checksum of its
+records; a run killed at any moment resumes from its committed cells, and adding an epsilon or an
+attack computes only what is new. A cell whose records were edited afterwards is refused when read
+(never silently reused). Only one process may write a run folder at a time (an advisory lock).
 
 ``RunStore`` opens the folder and joins its two halves: a :class:`~.writer.RunWriter` (the
 ``Sink`` that :func:`evasion.evaluate` commits to) and a :class:`~.reader.RunReader` (cells,
@@ -36,7 +37,7 @@ from ..evaluation.records import Cell, CellOutput
 from ..evaluation.result import Evaluation
 from ..evaluation.spec import SpecInfo
 from .database import FORMAT_VERSION, connect
-from .reader import RunReader, StoredCell
+from .reader import Integrity, RunReader, StoredCell
 from .writer import RunWriter
 
 __all__ = ["RunStore"]
@@ -95,16 +96,27 @@ class RunStore:
         """Open an existing run folder for reading."""
         return cls(path, create=False)
 
-    def close(self) -> None:
-        """Finish the session (a failure to record its end is a warning) and release the folder."""
-        self.writer.close()
+    def close(self, status: str = "stopped") -> None:
+        """End a session still open with ``status`` (a failure to record it is a warning) and release
+        the folder. ``evaluate()`` ends its session as ``finished`` itself (:meth:`finish`)."""
+        self.writer.close(status)
         self.db.close()
+
+    def finish(self) -> None:
+        """Record the current session as finished (``evaluate()`` calls it when it has every cell)."""
+        self.writer.end("finished")
 
     def __enter__(self) -> RunStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is None:
+            status = "stopped"
+        elif issubclass(kind, KeyboardInterrupt):
+            status = "interrupted"
+        else:
+            status = f"failed: {kind.__name__}" + (f" ({str(exc)[:200]})" if str(exc) else "")
+        self.close(status)
 
     # -- the Sink protocol (the writer) -----------------------------------------------------------
     def prepare(self, setup: Setup) -> None:
@@ -119,8 +131,9 @@ class RunStore:
         return self.reader.completed()
 
     def load(self, cell: Cell) -> CellOutput:
-        """A committed cell, with its adversarial points (checksum verified)."""
-        return self.reader.load(cell)
+        """A committed cell, with its adversarial points (records and shard checksums verified);
+        counted as reused by the current session."""
+        return self.writer.load(cell)
 
     def commit(self, output: CellOutput) -> None:
         """Write the cell's shard, then its rows and its cell entry in one transaction."""
@@ -145,15 +158,20 @@ class RunStore:
         return self.reader.models()
 
     def sessions(self) -> list[dict[str, Any]]:
-        return self.reader.sessions()
+        """Every session with its status, times and cell counts (see :meth:`RunReader.sessions`)."""
+        return self.reader.sessions(self.writer.session)
 
     def cells(self) -> list[StoredCell]:
         """Every committed cell, in commit order."""
         return self.reader.cells()
 
     def verify(self) -> list[tuple[Cell, str]]:
-        """Every committed cell whose records or shard are damaged, with the reason."""
+        """Every committed cell whose records were modified or whose records or shard are damaged."""
         return self.reader.verify()
+
+    def integrity(self) -> Integrity:
+        """Every committed cell checked: verified, unverified (before checksums), modified, damaged."""
+        return self.reader.integrity()
 
     def missing(self) -> list[str]:
         """Keys of the cells the latest invocation planned that are not committed yet."""
@@ -162,6 +180,9 @@ class RunStore:
     def inputs(self) -> tuple[Tensor, Tensor] | None:
         return self.reader.inputs()
 
-    def evaluation(self, examples: bool = True) -> Evaluation:
-        """Everything this run folder holds, as an :class:`Evaluation` (curves, checks, examples)."""
-        return self.reader.evaluation(examples)
+    def evaluation(self, examples: bool = True, *, allow_modified: bool = False) -> Evaluation:
+        """Everything this run folder holds, as an :class:`Evaluation` (curves, checks, examples).
+
+        Modified cells are refused (a :class:`StoreError` naming them) unless ``allow_modified``.
+        """
+        return self.reader.evaluation(examples, allow_modified=allow_modified, session=self.writer.session)

@@ -1,14 +1,20 @@
 """Writing a run folder: the :class:`~evasion.evaluation.engine.Sink` that commits cells and sessions.
 
 A cell is committed in one transaction after its shard is on disk, so a process killed at any
-moment leaves either the whole cell or nothing of it. Only one process may write a run folder at
+moment leaves either the whole cell or nothing of it; the same transaction stores the checksum of
+the cell's records (:func:`~.database.records_digest`). Only one process may write a run folder at
 a time (an advisory lock, taken on the first write).
+
+A *session* is one ``evaluate()`` into the folder: it is recorded when the set-up is accepted,
+counts the cells it computed and the cells it reused from earlier sessions, and ends
+``finished`` (``evaluate()`` returned), ``interrupted`` (Ctrl-C) or ``failed: <error>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import warnings
 from typing import Any
@@ -19,8 +25,8 @@ from torch import Tensor
 from .._cache import atomic_write_bytes, atomic_write_text
 from ..errors import StoreError
 from ..evaluation.engine import Setup
-from ..evaluation.records import Cell, CellOutput
-from .database import ATTACK_SQL, CLEAN_SQL, insert_columns, transaction
+from ..evaluation.records import ATTACK_COLUMNS, CLEAN_COLUMNS, Cell, CellOutput
+from .database import ATTACK_SQL, CHECKSUMS_SINCE, CLEAN_SQL, insert_columns, records_digest, transaction
 from .reader import EXAMPLE_POOL, RunReader
 from .shards import encode, shard_name, write_shard
 
@@ -46,12 +52,19 @@ class RunWriter:
         self.session_info = dict(session or {})
         self.config_text = config_text
         self.session: int | None = None
+        self.computed = 0  # cells this session computed and committed
+        self.reused = 0  # cells this session read back from earlier sessions
         self._lock: int | None = None
 
     # -- the Sink protocol ------------------------------------------------------------------
     def prepare(self, setup: Setup) -> None:
-        """Check that the run folder holds results of the same data, models and attacks; record them."""
+        """Check that the run folder holds results of the same data, models and attacks; record them.
+
+        Each call starts a session (a previous one of this writer is recorded as finished first).
+        """
         self._acquire()
+        if self.session is not None:
+            self.end("finished")
         wanted = {
             "data": setup.data,
             "samples": str(setup.samples),
@@ -81,41 +94,53 @@ class RunWriter:
         return self.reader.completed()
 
     def load(self, cell: Cell) -> CellOutput:
-        return self.reader.load(cell)
+        """A committed cell (records checksum and shard verified), counted as reused by this session."""
+        out = self.reader.load(cell)
+        self.reused += 1
+        return out
 
     def commit(self, output: CellOutput) -> None:
-        """Write the cell's shard, then its rows and its cell entry in one transaction."""
+        """Write the cell's shard, then its rows, its cell entry and their checksum in one transaction."""
         cell = output.cell
         shard = sha = None
         if output.adversarial is not None and len(output.indices):
             shard = shard_name(cell.key)
             sha = write_shard(self.path / "shards" / shard, output.indices, output.adversarial)
         first = int(output.columns["index"][0]) if len(output) else 0
+        entry = (
+            cell.key,
+            cell.kind,
+            cell.model,
+            cell.attack,
+            float(cell.epsilon),
+            int(cell.batch),
+            first,
+            len(output),
+            shard,
+            sha,
+            float(output.seconds),
+        )
+        spec = CLEAN_COLUMNS if cell.kind == "clean" else ATTACK_COLUMNS
+        digest = records_digest(entry, spec, output.columns)
         with transaction(self.db, f"committing {cell.describe()}"):
             self.db.execute(
-                "INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    cell.key,
-                    cell.kind,
-                    cell.model,
-                    cell.attack,
-                    cell.epsilon,
-                    cell.batch,
-                    first,
-                    len(output),
-                    shard,
-                    sha,
-                    output.seconds,
-                    self.session or 0,
-                    time.time(),
-                ),
+                "INSERT INTO cells (key, kind, model, attack, epsilon, batch, first, rows, shard, sha256, "
+                "seconds, session, committed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*entry, self.session or 0, time.time()),
             )
+            self.db.execute("INSERT OR REPLACE INTO checksums VALUES (?, ?)", (cell.key, digest))
+            if self.session is not None:
+                self.db.execute(
+                    "UPDATE sessions SET computed=?, reused=? WHERE id=?",
+                    (self.computed + 1, self.reused, self.session),
+                )
             if cell.kind == "clean":
                 insert_columns(self.db, "clean", (cell.model,), CLEAN_SQL, output.columns)
             else:
                 insert_columns(
                     self.db, "records", (cell.model, cell.attack, cell.epsilon), ATTACK_SQL, output.columns
                 )
+        self.computed += 1
 
     # -- checks of the set-up ---------------------------------------------------------------
     def _check_meta(self, wanted: dict[str, str]) -> None:
@@ -178,11 +203,15 @@ class RunWriter:
                         (s.name, s.fingerprint, json.dumps(info), position),
                     )
                     position += 1
+            info = {**self.session_info, "pid": os.getpid(), "host": socket.gethostname()}
             cur = self.db.execute(
-                "INSERT INTO sessions (started, info) VALUES (?, ?)",
-                (time.time(), json.dumps(self.session_info, default=str)),
+                "INSERT INTO sessions (started, info, computed, reused) VALUES (?, ?, 0, 0)",
+                (time.time(), json.dumps(info, default=str)),
             )
             self.session = cur.lastrowid
+            self.computed = self.reused = 0
+            # cells of this session and later ones must all carry a checksum; older ones predate them
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (CHECKSUMS_SINCE, str(self.session)))
 
     # -- other writes -----------------------------------------------------------------------
     def save_config(self, text: str) -> None:
@@ -208,6 +237,7 @@ class RunWriter:
         with transaction(self.db, "dropping damaged cells"):
             for cell in cells:
                 self.db.execute("DELETE FROM cells WHERE key=?", (cell.key,))
+                self.db.execute("DELETE FROM checksums WHERE key=?", (cell.key,))
                 if cell.kind == "clean":
                     self.db.execute(
                         "DELETE FROM clean WHERE model=? AND idx BETWEEN ? AND ?",
@@ -241,19 +271,28 @@ class RunWriter:
             raise StoreError(f"{self.path} is being written by another process") from None
         self._lock = fd
 
-    def close(self) -> None:
-        """Record the end of the session (a failure is a warning: the cells are committed) and unlock."""
-        if self.session is not None:
-            try:
-                with transaction(self.db, "closing the session"):
-                    self.db.execute("UPDATE sessions SET finished=? WHERE id=?", (time.time(), self.session))
-            except StoreError as exc:
-                warnings.warn(
-                    f"{self.path}: the end of session {self.session} was not recorded ({exc})",
-                    RuntimeWarning,
-                    stacklevel=3,
+    def end(self, status: str) -> None:
+        """Record the end of the session: its status (``finished``, ``interrupted``, ``failed: ...``),
+        time and counts. A failure to record it is a warning: the cells are committed."""
+        if self.session is None:
+            return
+        try:
+            with transaction(self.db, "closing the session"):
+                self.db.execute(
+                    "UPDATE sessions SET finished=?, status=?, computed=?, reused=? WHERE id=?",
+                    (time.time(), status, self.computed, self.reused, self.session),
                 )
-            self.session = None
+        except StoreError as exc:
+            warnings.warn(
+                f"{self.path}: the end of session {self.session} was not recorded ({exc})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self.session = None
+
+    def close(self, status: str = "stopped") -> None:
+        """End a session still open with ``status`` (``evaluate()`` ends its own as finished) and unlock."""
+        self.end(status)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
