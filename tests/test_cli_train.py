@@ -85,3 +85,92 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# -- adversarial training (--adversarial / --distill: --out is a folder) -------------------------
+ADV = ["--data", "digits", "-n", "200", "--epochs", "2", "--batch-size", "64", "--val-size", "40", "--quiet"]
+
+
+def test_adversarial_training_writes_model_log_and_checkpoints(tmp_path, capsys):
+    out = tmp_path / "pgd"
+    argv = ["train", "digits-mlp", *ADV, "--adversarial", "pgd", "--epsilon", "0.1", "--steps", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "PGD-20 accuracy at linf 0.1" in first and "model.pt" in first
+    log = json.loads((out / "training.json").read_text())
+    assert log["config"]["recipe"] == "pgd" and log["config"]["epsilon"] == 0.1
+    assert [r["epoch"] for r in log["log"]["history"]] == [1, 2]
+    assert all(0 <= r["val_clean"] <= 1 and 0 <= r["val_robust"] <= 1 for r in log["log"]["history"])
+    assert log["samples"] == 160 and log["validation_samples"] == 40
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+    clf = models.load(out / "model.pt", architecture="digits-mlp")
+    weights = torch.load(out / "model.pt", weights_only=True)
+    # re-running the finished command resumes from the last checkpoint: the same weights
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "resumed after epoch 2" in capsys.readouterr().out
+    again = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert clf(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_adversarial_none_and_distill(tmp_path, capsys):
+    assert main(["train", "digits-mlp", *ADV, "--adversarial", "none", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "digits-mlp", *ADV, "--distill", "20", "--out", str(tmp_path / "d")]) == 0
+    log = json.loads((tmp_path / "d" / "training.json").read_text())
+    assert log["distilled"] and log["config"]["temperature"] == 20 and log["teacher_log"]["history"]
+    assert (tmp_path / "d" / "checkpoints" / "teacher").is_dir()
+    models.load(tmp_path / "d" / "model.pt", architecture="digits-mlp")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--adversarial", "madry", "--epsilon", "0.1"], "unknown recipe 'madry' for --adversarial; valid:"),
+        (["--adversarial", "pgd", "--epsilon", "0"], "--epsilon must be > 0"),
+        (["--adversarial", "pgd", "--epsilon", "-1"], "--epsilon must be > 0"),
+        (["--adversarial", "pgd"], "--adversarial pgd needs --epsilon"),
+        (["--adversarial", "pgd", "--epsilon", "1.5"], "beyond the data range"),
+        (["--adversarial", "pgd", "--epsilon", "0.1", "--norm", "l0"], "--norm must be linf or l2"),
+        (["--adversarial", "pgd", "--epsilon", "0.1", "--schedule", "zigzag"], "unknown schedule"),
+        (["--adversarial", "fgsm", "--epsilon", "0.1", "--distill", "100"], "--distill trains without"),
+        (["--distill", "1"], "--distill T needs a temperature > 1"),
+        (["--epsilon", "0.1"], "--epsilon needs --adversarial RECIPE"),
+    ],
+)
+def test_adversarial_bad_input_is_one_line_exit_2_and_writes_nothing(extra, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "digits-mlp", *ADV, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_adversarial_bad_architecture_data_and_out(tmp_path, capsys):
+    target = tmp_path / "file.pt"
+    target.write_bytes(b"keep me")
+    cases = [
+        (["train", "nope", *ADV, "--adversarial", "pgd", "--epsilon", "0.1"], "unknown architecture 'nope'"),
+        (
+            ["train", "digits-mlp", *ADV, "--adversarial", "pgd", "--epsilon", "0.1", "--out", str(target)],
+            "is a file",
+        ),
+    ]
+    for argv, message in cases:
+        if "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "x")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert target.read_bytes() == b"keep me"
+
+
+def test_resuming_with_another_architecture_names_the_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = [*ADV, "--epochs", "1", "--adversarial", "fgsm", "--epsilon", "0.1", "--out", str(out)]
+    assert main(["train", "digits-mlp", *base]) == 0
+    before = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "digits-cnn", *base]) == 2
+    err = capsys.readouterr().err
+    assert "another architecture" in err and "fc3.weight" in err and "conv1.weight" in err
+    assert err.count("\n") == 1 and (out / "model.pt").read_bytes() == before
