@@ -67,14 +67,14 @@ class Bars:
                 self.tasks[group] = self.bar.add(group.replace("[", "(").replace("]", ")"), n)
         elif event.kind == "cell" and event.cell is not None:
             self.cached += int(event.cached)
-            self.bar.advance(self.tasks[""])
+            self.bar.advance(self.tasks[""], reused=event.cached)  # reused: not in the ETA
             task = self.tasks.get(event.group)
             if task is not None:
                 cell = event.cell
                 where = "clean" if cell.kind == "clean" else f"eps {cell.epsilon:g}"
                 label = f"{event.group} ({where}, batch {cell.batch})".replace("[", "(").replace("]", ")")
                 self.bar.update(task, description=label)  # no brackets: rich reads them as markup
-                self.bar.advance(task)
+                self.bar.advance(task, reused=event.cached)
 
 
 def _engine(args: argparse.Namespace) -> Engine | None:

@@ -21,6 +21,7 @@ def add_parsers(sub: Any) -> None:
     build.add_argument("name", help="dataset to build: icub-sim or icub-sim-fine (--quick: icub-sim-quick)")
     build.add_argument("--quick", action="store_true", help="build the CI-sized variant instead")
     build.add_argument("--force", action="store_true", help="render again even if a valid cache exists")
+    build.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     build.set_defaults(func=_datasets_build)
 
 
@@ -59,9 +60,12 @@ def _datasets_list(args: argparse.Namespace) -> int:
 
 def _datasets_build(args: argparse.Namespace) -> int:
     from ..datasets import icub_sim
+    from ..progress import counter
+    from .common import progress
 
     name = "icub-sim-quick" if args.quick and args.name == "icub-sim" else args.name
-    path, facts = icub_sim.build(name, force=args.force)
+    with progress(args.quiet) as bar:  # rendering takes minutes: a bar, or a line every few seconds
+        path, facts = icub_sim.build(name, force=args.force, progress=counter(bar, f"rendering {name} views"))
     size = facts.get("bytes", path.stat().st_size) / 1e6
     per_view = facts.get("seconds_per_view")
     timing = f", {per_view * 1000:.0f} ms per view" if isinstance(per_view, (int, float)) else ""

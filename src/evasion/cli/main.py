@@ -1,7 +1,9 @@
 """Entry point of the `evasion` command: sub-commands, one-line errors, exit codes.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error (bad option, config or input), 130 when
-interrupted. Errors are one line on stderr; ``--debug`` shows the traceback.
+interrupted. Errors are one line on stderr; ``--debug`` shows the traceback. Before any command
+runs, :func:`evasion.runtime.configure` applies the thread policy (``--threads N``, accepted
+before or after the command name, or ``EVASION_THREADS``; default: the free CPUs).
 """
 
 from __future__ import annotations
@@ -11,11 +13,26 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, runtime
 from ..errors import EvasionError
 from . import attack, evaluate, listing, report, reproduce, runs, train
 
 __all__ = ["build_parser", "main"]
+
+_THREADS_HELP = (
+    f"torch CPU threads (default: the CPUs not busy with other processes, re-checked as the "
+    f"run goes; or ${runtime.ENV_VAR})"
+)
+
+
+def _add_threads(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--threads`` on ``parser`` and every command below it (given after the command name too)."""
+    if not any("--threads" in a.option_strings for a in parser._actions):
+        parser.add_argument("--threads", metavar="N", default=default, help=_THREADS_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_threads(child, argparse.SUPPRESS)  # only set when given there
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_parsers(sub)
     for module in (evaluate, runs, report, reproduce, train):
         module.add_parser(sub)
+    _add_threads(parser, None)
     return parser
 
 
@@ -40,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
+        runtime.configure(args.threads)
         return int(args.func(args) or 0)
     except EvasionError as exc:
         if args.debug:
@@ -57,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        runtime.restore()  # commands run in-process (tests) leave torch's setting as it was
 
 
 if __name__ == "__main__":  # pragma: no cover

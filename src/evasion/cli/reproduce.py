@@ -16,8 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._validation import integer
 from .common import environment, pick_device, progress, write_json
 
@@ -98,7 +96,6 @@ def _icub_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="attacked test images per split")
     parser.add_argument("--steps", type=int, default=None, help="attack steps per budget")
     parser.add_argument("--splits", type=int, default=None, help="session splits to average (1-4)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
 def _size(args: argparse.Namespace, key: str, default: int, maximum: int | None = None) -> int:
@@ -120,8 +117,6 @@ def _run_icub(args: argparse.Namespace) -> int:
         steps=_size(args, "steps", base.steps),
         splits=_size(args, "splits", base.splits, maximum=4),
     )
-    if args.threads is not None:
-        torch.set_num_threads(integer(args.threads, "--threads", minimum=1))
     out = args.out or Path("runs") / ("icub-quick" if args.quick else "icub")
     results = icub.run_experiment(settings, log=print)
     lines = interpret(results)

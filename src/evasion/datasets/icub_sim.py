@@ -40,6 +40,7 @@ import torch
 
 from .._cache import atomic_write, cache_dir
 from ..errors import ConfigError, UnknownNameError
+from ..progress import log_counter
 from . import _render
 from .base import Dataset
 from .embedded import stratified_split
@@ -223,7 +224,9 @@ def build(
     """Render a dataset into the cache unless a valid copy is there; return its path and facts.
 
     ``facts`` holds ``sha256``, ``seconds``, ``seconds_per_view``, ``bytes`` and ``pybullet``.
-    A corrupt or stale cache file is reported (``RuntimeWarning``) and rendered again.
+    ``progress(done, total)`` is called after each rendered view (default: INFO log lines on
+    this module's logger every few seconds). A corrupt or stale cache file is reported
+    (``RuntimeWarning``) and rendered again.
     """
     path, _, facts = _ensure(_spec(name_or_spec), force, progress)
     return path, facts
@@ -244,6 +247,8 @@ def _ensure(
             )
     _render.require_pybullet()
     logger.info("rendering %s: %d views (%s)", spec.name, spec.num_samples, path)
+    if progress is None:  # minutes of work: say how far it is (log lines every few seconds)
+        progress = log_counter(logger, f"rendering {spec.name} views")
     start = time.perf_counter()
     arrays = render_views(spec, progress=progress)
     seconds = time.perf_counter() - start

@@ -15,7 +15,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -78,6 +78,7 @@ class Context:
     batch_size: int
     seed: int
     threads: int = 0
+    driver: int = field(default_factory=os.getpid)  # the process that made the context
 
     def batch(self, cell: Cell) -> Batch:
         start = cell.batch * self.batch_size
@@ -93,8 +94,9 @@ class Context:
         return Batch(cell.batch, start, x, y, None if t is None else t[start:stop], mask)
 
     def use_threads(self) -> None:
-        """Workers use as many torch threads as the driver (identical results, bit for bit)."""
-        if self.threads and torch.get_num_threads() != self.threads:
+        """Workers (other processes) use as many torch threads as the driver; in the driver the
+        count is left alone, so the command's thread policy (:mod:`evasion.runtime`) may adapt it."""
+        if self.threads and os.getpid() != self.driver and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 
 
