@@ -311,3 +311,14 @@ def test_bad_data(digits):
         AdversarialTrainer(config(recipe="pgd", epsilon=1.5)).fit(bn_net(), digits)
     with pytest.raises(InputError, match="model expects"):
         trainer.fit(Classifier(small.mnist_cnn(0), 10, input_shape=(1, 28, 28)), digits)
+
+
+def test_zoo_lists_the_robust_models_with_their_first_use_time():
+    from evasion import models
+
+    infos = {i.name: i for i in models.list_models()}
+    for name in ("mnist-cnn-pgd", "mnist-cnn-distilled"):
+        info = infos[name]
+        assert info.dataset == "mnist5k" and info.input_shape == (1, 28, 28)
+        assert "on 2 cores" in info.source and info.architecture is not None
+        assert set(info.architecture().state_dict()) == set(small.mnist_cnn(0).state_dict())
