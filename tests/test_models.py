@@ -18,7 +18,7 @@ from torch import nn
 
 from evasion import datasets, models
 from evasion._cache import cache_dir, sha256_file
-from evasion.errors import ConfigError, ModelError, UnknownNameError, UnsafeFileError
+from evasion.errors import ConfigError, MissingFileError, ModelError, UnknownNameError, UnsafeFileError
 from evasion.models import zoo
 from evasion.models.architectures import small
 from evasion.models.training import accuracy, train_classifier
@@ -372,7 +372,7 @@ def test_bad_architecture_and_missing_arguments(tmp_path: Path) -> None:
     truncated.write_bytes(path.read_bytes()[:300])
     with pytest.raises(ModelError, match="cannot read"):
         models.load(truncated, architecture=DIGITS_MLP_ENTRY, input_shape=(1, 8, 8))
-    with pytest.raises(ModelError, match="not found"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         models.load_file(tmp_path / "absent.pt", input_shape=(1, 8, 8))
 
 

@@ -24,7 +24,7 @@ from ._cache import Payload, digest, load_or_train
 from .config import AttackConfig, Config, ModelConfig
 from .datasets.base import Dataset
 from .defenses import Cache, TrainingJob
-from .errors import ConfigError
+from .errors import ConfigError, MissingFileError, UnknownNameError
 from .evaluation import AttackSpec
 from .evaluation.engine import data_fingerprint, fingerprint
 from .evaluation.suite import suites
@@ -41,8 +41,7 @@ def dataset(config: Config) -> Dataset:
     """The evaluation data: the split, a fixed shuffle if asked (files are often sorted by class), ``samples``."""
     data = datasets.load(config.data.name, split=config.data.split)
     if config.data.shuffle:
-        generator = torch.Generator().manual_seed(config.data.shuffle_seed)
-        data = data.subset(torch.randperm(len(data), generator=generator))
+        data = data.shuffled(config.data.shuffle_seed)
     if config.data.samples:
         data = data.head(config.data.samples)
     return data
@@ -84,6 +83,8 @@ def defend(clf: Classifier, mc: ModelConfig, config: Config) -> Classifier:
     """
     try:
         params = defenses.parameters(mc.defense, mc.defense_params)
+    except UnknownNameError as exc:
+        raise exc.at(f"{_where(mc, config)}.defense") from None
     except ConfigError as exc:
         raise ConfigError(f"model {mc.name!r}: {exc}") from None
     train = datasets.load(config.data.name, split="train")
@@ -95,14 +96,28 @@ def defend(clf: Classifier, mc: ModelConfig, config: Config) -> Classifier:
         raise ConfigError(f"model {mc.name!r}: {exc}") from None
 
 
+def _where(mc: ModelConfig, config: Config) -> str:
+    """The config key of a ``[[models]]`` table, ``models[i]`` (as the config's own errors say)."""
+    index = next((i for i, m in enumerate(config.models) if m.name == mc.name), None)
+    return f"models[{index}]" if index is not None else f"model {mc.name!r}"
+
+
 def model(mc: ModelConfig, device: torch.device, config: Config) -> Classifier:
-    """The model of ``mc`` (zoo name or file, with its options) on ``device``, in its defence if any."""
+    """The model of ``mc`` (zoo name or file, with its options) on ``device``, in its defence if any.
+
+    An unknown name (model, architecture) names the key of the ``[[models]]`` table it came from."""
     kwargs: dict[str, Any] = dict(mc.options)
     if mc.architecture:
         kwargs["architecture"] = mc.architecture
     if mc.input_shape:
         kwargs["input_shape"] = mc.input_shape
-    clf = models.load(mc.model, device=device, **kwargs)
+    try:
+        clf = models.load(mc.model, device=device, **kwargs)
+    except UnknownNameError as exc:
+        key = {"model": "model" if mc.model != mc.name else "name", "architecture": "architecture"}
+        raise exc.at(f"{_where(mc, config)}.{key.get(exc.kind, 'options')}") from None
+    except MissingFileError as exc:
+        raise MissingFileError(f"{_where(mc, config)}.model: {exc}") from None
     return defend(clf, mc, config) if mc.defense else clf
 
 

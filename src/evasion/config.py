@@ -20,7 +20,7 @@ from typing import Any
 from . import attacks
 from ._validation import epsilon_grid
 from .attacks.base import Attack
-from .errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, MissingDependencyError, UnknownNameError, closest
 from .evaluation.spec import default_name
 from .threat_model import NORMS, ThreatModel
 
@@ -82,7 +82,11 @@ def _table(where: str, value: Any, allowed: list[str]) -> dict[str, Any]:
     unknown = sorted(set(value) - set(allowed))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key {prefix}{unknown[0]} in the config; valid keys: {', '.join(allowed)}")
+        hint = closest(unknown[0], allowed)
+        guess = f" (did you mean {prefix}{hint}?)" if hint else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]} in the config{guess}; valid keys: {', '.join(allowed)}"
+        )
     return dict(value)
 
 
@@ -227,8 +231,11 @@ class AttackConfig:
 
 
 def _build_attack(where: str, name: str, params: dict[str, Any]) -> Attack:
+    """The attack of an ``[[attacks]]`` table; an error names the table's key (``attacks[1].attack``)."""
     try:
         return attacks.make(name, **params)
+    except UnknownNameError as exc:
+        raise exc.at(f"{where}.attack" if exc.kind == "attack" else f"{where}.params") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -335,9 +342,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if path is None:
         text, source = default_config_text(), "<default>"
     else:
-        p = Path(path)
+        p = Path(path).expanduser()
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist" if not p.exists() else f"{p} is not a file")
+            where = "" if p.is_absolute() else f" (looked in {Path.cwd()})"  # relative to the caller's folder
+            what = "does not exist" if not p.exists() else "is not a file"
+            raise ConfigError(f"config file {p} {what}{where}")
         try:
             text, source = p.read_text(encoding="utf-8"), str(p)
         except (OSError, UnicodeDecodeError) as exc:

@@ -13,6 +13,7 @@ into a one-line message and exit code 2 (usage) or 1 (runtime), never a tracebac
     ├── ModelError            the model misbehaves: wrong output shape, training mode, not fitted
     │   └── UnsafeFileError   a model file that is not a plain state dict / TorchScript archive
     ├── DataError             a dataset file that is missing, malformed or fails its checksum
+    │   └── MissingFileError  a file or folder the user named (image, data, model) does not exist
     ├── StoreError            a run folder or database that is corrupt or incompatible
     └── MissingDependencyError  an optional extra is not installed (says what to pip install)
 
@@ -28,10 +29,12 @@ __all__ = [
     "EvasionError",
     "InputError",
     "MissingDependencyError",
+    "MissingFileError",
     "ModelError",
     "StoreError",
     "UnknownNameError",
     "UnsafeFileError",
+    "closest",
 ]
 
 
@@ -53,16 +56,56 @@ class ConfigError(EvasionError, ValueError):
 class UnknownNameError(EvasionError, LookupError):
     """A name (model, dataset, attack, layer, norm) is not known; the message lists valid names."""
 
-    def __init__(self, kind: str, name: object, valid: list[str] | tuple[str, ...] | None = None):
-        self.kind, self.name = kind, name
+    def __init__(
+        self,
+        kind: str,
+        name: object,
+        valid: list[str] | tuple[str, ...] | None = None,
+        *,
+        where: str = "",
+    ):
+        """``where`` names the place the name came from (a config key such as ``attacks[1].attack``)."""
+        self.kind, self.name, self.where = kind, name, where
         self.valid = sorted(valid) if valid is not None else None
-        msg = f"unknown {kind} {name!r}"
+        #: the closest valid name (a likely typo), or ``None``
+        self.suggestion = closest(name, self.valid or [])
+        msg = f"{where}: " if where else ""
+        msg += f"unknown {kind} {name!r}"
+        if self.suggestion is not None:
+            msg += f" (did you mean {self.suggestion!r}?)"
         if self.valid is not None:
             msg += f"; valid {kind}s: {', '.join(self.valid) if self.valid else '(none)'}"
         super().__init__(msg)
 
+    def at(self, where: str) -> UnknownNameError:
+        """The same error, its message prefixed by the place the name came from."""
+        return UnknownNameError(self.kind, self.name, self.valid, where=where)
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # picklable across processes (Ray)
+        return _unknown_name, (self.kind, self.name, self.valid, self.where)
+
     def __str__(self) -> str:  # LookupError would otherwise quote the whole message
         return str(self.args[0])
+
+
+def _unknown_name(kind: str, name: object, valid: list[str] | None, where: str) -> UnknownNameError:
+    return UnknownNameError(kind, name, valid, where=where)
+
+
+def closest(name: object, valid: list[str] | tuple[str, ...]) -> str | None:
+    """The valid name most like ``name`` (a typo's likely intent), or ``None``.
+
+    ``None`` too when no name is close (similarity < 0.6) or two are equally close: a guess
+    between ``conv1`` and ``conv2`` for ``conv9`` would mislead more than help."""
+    if not isinstance(name, str) or not valid:
+        return None
+    from difflib import SequenceMatcher
+
+    scored = sorted(
+        ((SequenceMatcher(None, name.lower(), v.lower()).ratio(), v) for v in valid), reverse=True
+    )
+    best, runner_up = scored[0][0], scored[1][0] if len(scored) > 1 else -1.0
+    return scored[0][1] if best >= 0.6 and best > runner_up else None
 
 
 class ModelError(EvasionError, RuntimeError):
@@ -81,6 +124,17 @@ class DataError(EvasionError, RuntimeError):
     """A data file is missing, malformed, or does not match its checksum."""
 
     exit_code = 1
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file or folder the user named (an image, a dataset, a model file) does not exist.
+
+    A usage error like a bad option (exit code 2), whichever input it is."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror) pairs
+        return str(self.args[0]) if self.args else ""
 
 
 class StoreError(EvasionError, RuntimeError):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import ThreatModel, attacks, datasets, models
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MissingFileError
 from ..reports.png import write_png
 from .common import environment, pick_device, progress, write_json
 
@@ -88,10 +88,13 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> models.Classi
 
 
 def _inputs(args: argparse.Namespace, model: models.Classifier) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Images, labels and where they came from (``--image`` without ``--label``: the model's prediction)."""
     if args.image is not None:
         from ..datasets.image import read_image
 
         x = read_image(args.image, model.input_shape)
+        if args.label is not None and not 0 <= args.label < model.num_classes:
+            raise ConfigError(f"--label must be a class index in [0, {model.num_classes}), got {args.label}")
         label = args.label if args.label is not None else int(model.predict(x)[0])
         return x, torch.tensor([label]), str(args.image)
     data = datasets.load(args.data, split=args.split)
@@ -107,6 +110,9 @@ def _inputs(args: argparse.Namespace, model: models.Classifier) -> tuple[torch.T
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image is not None and not args.image.is_file():  # before loading the model (can be slow)
+        what = "is a folder, not an image file" if args.image.is_dir() else "does not exist"
+        raise MissingFileError(f"--image {str(args.image)!r} {what}")
     device = pick_device(args.device)
     attack = attacks.make(args.attack, **_params(args.param))
     eps = (
@@ -171,6 +177,10 @@ def _summary(
             "targeted": threat.targeted,
             "target": args.target,
         },
+        # --image without --label attacks the model's own prediction: clean accuracy is 1 by construction
+        "label_source": "dataset"
+        if args.image is None
+        else ("--label" if args.label is not None else "prediction"),
         "clean_accuracy": float(correct.float().mean()),
         "robust_accuracy": float((preds == y).float().mean()),
         "attack_success_rate": float(success.float().mean()),
@@ -222,9 +232,11 @@ def _save(
 
 def _print(summary: dict[str, Any], out: Path) -> None:
     med = summary["median_norm_of_successes"]
+    own = summary.get("label_source") == "prediction"
     lines = [
         f"{summary['attack']} on {summary['model']} ({summary['data']}, {summary['samples']} samples)",
-        f"  clean accuracy   {summary['clean_accuracy']:.4f}",
+        f"  clean accuracy   {summary['clean_accuracy']:.4f}"
+        + ("   (no --label: the label is the model's own prediction, so 1 by construction)" if own else ""),
         f"  robust accuracy  {summary['robust_accuracy']:.4f}   ({summary['threat']['norm']} eps={summary['threat']['epsilon']:g})",
         f"  success rate     {summary['attack_success_rate']:.4f}   median norm {med if med is None else f'{med:.4f}'}",
         f"  {summary['seconds']:.1f} s, {summary['images_per_second']:.1f} images/s, "

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["Dataset"]
 
@@ -62,7 +62,42 @@ class Dataset:
         return Dataset(x, y, list(self.classes), self.name, self.split, dict(self.meta))
 
     def head(self, n: int) -> Dataset:
+        """The first ``n`` samples, in file order: often sorted by class (see :meth:`sample`)."""
         return self.subset(slice(0, n))
+
+    def shuffled(self, seed: int = 0) -> Dataset:
+        """Every sample, in a fixed random order drawn from ``seed`` (files are often sorted by class).
+
+        The order that ``[data] shuffle = true`` evaluates (``shuffle_seed`` is ``seed``)."""
+        generator = torch.Generator().manual_seed(seed)
+        return self.subset(torch.randperm(len(self), generator=generator))
+
+    def sample(self, n: int, seed: int = 0) -> Dataset:
+        """``n`` samples drawn without replacement, in random order: ``shuffled(seed).head(n)``.
+
+        The same inputs as a config's ``[data] shuffle = true, shuffle_seed = seed, samples = n``."""
+        self._check_count("sample", n)
+        return self.shuffled(seed).head(n)
+
+    def stratified(self, n: int, seed: int = 0) -> Dataset:
+        """``n`` samples in which each class has its share (equal shares for balanced classes).
+
+        Shares are proportional to the class counts (largest remainder; the rule of the embedded
+        datasets' train/test split), the members of each class are drawn from ``seed``, and the
+        result comes in a random order, so its own ``head`` is not sorted by class either."""
+        from .embedded import stratified_split  # embedded imports this module
+
+        self._check_count("stratified", n)
+        _, chosen = stratified_split(self.y.numpy(), n, seed)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return self.subset(torch.from_numpy(chosen)[order])
+
+    def _check_count(self, what: str, n: int) -> None:
+        """Refuse a subset size that is not an integer in ``[1, len(self)]``."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self):
+            raise ConfigError(
+                f"dataset {self.name!r} ({self.split}): {what}(n) needs 1 <= n <= {len(self)} samples, got {n!r}"
+            )
 
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, len(self), batch_size):

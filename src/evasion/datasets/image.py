@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError, MissingDependencyError
+from ..errors import DataError, MissingDependencyError, MissingFileError
 
 __all__ = ["read_image"]
 
@@ -24,7 +24,8 @@ def read_image(path: str | os.PathLike[str], input_shape: Sequence[int] | None =
     except ImportError:
         raise MissingDependencyError("pillow", "zoo", "reading image files") from None
     if not os.path.isfile(path):
-        raise DataError(f"image file not found: {os.fspath(path)!r}")
+        what = "is a folder, not an image file" if os.path.isdir(path) else "does not exist"
+        raise MissingFileError(f"image file {os.fspath(path)!r} {what}")
     try:
         with Image.open(path) as img:
             image: Image.Image = img.copy()

@@ -21,7 +21,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import ConfigError, DataError, EvasionError, MissingDependencyError
+from ..errors import (
+    ConfigError,
+    DataError,
+    EvasionError,
+    InputError,
+    MissingDependencyError,
+    MissingFileError,
+)
 from .base import Dataset
 
 __all__ = [
@@ -56,9 +63,10 @@ def missing_dependency(package: str, extra: str, purpose: str, hint: str) -> Mis
 
 
 def _existing(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` (``~`` expanded) if it exists, else a :class:`MissingFileError` (exit code 2)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{what} {str(p)!r} does not exist")
+        raise MissingFileError(f"{what} {str(p)!r} does not exist")
     return p
 
 
@@ -113,11 +121,20 @@ def _is_image_file(f: Path) -> bool:
 
 
 def _folder_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """``(image file, label)`` of every class folder under ``folder``; an empty class folder is an error.
+
+    A class folder without images would still count as a class (one the data never shows) and
+    usually means a failed copy: it is refused, naming the folder."""
     items = []
     for label, name in enumerate(classes):
         if (folder / name).is_dir():
-            files = sorted((folder / name).iterdir())
-            items += [(f, label) for f in files if _is_image_file(f)]
+            files = [f for f in sorted((folder / name).iterdir()) if _is_image_file(f)]
+            if not files:
+                raise InputError(
+                    f"class folder {str(folder / name)!r} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))}); "
+                    "add its images or remove the folder"
+                )
+            items += [(f, label) for f in files]
     return items
 
 
@@ -245,7 +262,7 @@ def _idx_labels_path(images: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise DataError(
+    raise MissingFileError(
         f"labels file for {images} not found (looked for {', '.join(c.name for c in candidates)}); "
         "pass labels_path=..."
     )

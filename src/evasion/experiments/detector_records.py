@@ -268,24 +268,41 @@ class Example:
 
 @dataclass(frozen=True)
 class AcceptanceItem:
-    """One acceptance criterion of the issue: met or not (``info``: reported, not judged).
+    """One acceptance item of a reproduction: a finding of the paper, a check, or ``info``.
 
-    ``finding``: one of the paper's findings re-measured here; ``ok`` says whether it holds. That
-    is a result, not an error: it is never reported as a failure.
+    ``static``, ``dynamic`` and ``finding`` items are the paper's results re-measured here; ``ok``
+    says whether they hold. A result that differs from the paper is a result, never a failure.
+    ``check`` items are invariants of this code (values in range, two implementations agreeing):
+    one that fails is an error, and only that makes ``reproduce`` exit non-zero. ``info`` items
+    are reported, not judged.
     """
 
     ok: bool
-    kind: Literal["static", "dynamic", "finding", "info"]
+    kind: Literal["static", "dynamic", "finding", "info", "check"]
     text: str
 
     @property
     def status(self) -> str:
-        """``ok`` / ``FAIL`` for criteria, ``holds`` / ``does not hold`` for findings, ``info``."""
-        if self.kind == "finding":
-            return "holds" if self.ok else "does not hold"
+        """``holds`` / ``does not hold`` for findings, ``ok`` / ``ERROR`` for checks, ``info``."""
         if self.kind == "info":
             return "info"
-        return "ok" if self.ok else "FAIL"
+        if self.kind == "check":
+            return "ok" if self.ok else "ERROR"
+        return "holds" if self.ok else "does not hold"
+
+    @property
+    def label(self) -> str:
+        """The status as printed: ``finding holds``, ``finding does not hold``, ``check ok``, ``ERROR``, ``info``."""
+        if self.kind == "info":
+            return "info"
+        if self.kind == "check":
+            return "check ok" if self.ok else "ERROR"
+        return f"finding {self.status}"
+
+    @property
+    def error(self) -> bool:
+        """Whether this is a failed check: a broken invariant of this code, not a scientific result."""
+        return self.kind == "check" and not self.ok
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "kind": self.kind, "text": self.text}

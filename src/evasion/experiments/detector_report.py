@@ -77,7 +77,8 @@ def acceptance(results: DetectorResults) -> list[AcceptanceItem]:
     Order: static < 10%, static < 30%, worst sigma (info), the paper's dynamic-training finding
     under the paper's protocol (a ``finding``), the same finding under the threshold-aware
     adversary at the deployed threshold (a ``finding``, where measured), clean accuracy (info),
-    security curves (info). A finding that does not hold is a result, not a failed criterion.
+    security curves (info), the range check of every measured fraction (a ``check``). A finding
+    that does not hold is a result, not a failed criterion; only a failed check is an error.
     """
     items: list[AcceptanceItem] = []
     for limit, need in ((0.10, 0.9), (0.30, 0.8)):
@@ -121,7 +122,23 @@ def acceptance(results: DetectorResults) -> list[AcceptanceItem]:
     aucs = "; ".join(f"{m} {w.auc:.3f} / {w.auc_defended:.3f}" for m, w in worst.items())
     text = f"security curves, worst case over all attacks, AUC of accuracy / of accuracy + rejected: {aucs}"
     items.append(AcceptanceItem(True, "info", text))
+    items.append(_range_check(results))
     return items
+
+
+def _range_check(results: DetectorResults) -> AcceptanceItem:
+    """A check of this code: every accuracy and detectability measured is a fraction in [0, 1].
+
+    NaN or a value out of range means a broken metric or an empty test set, never a result."""
+    values = [("clean accuracy", results.clean_accuracy)]
+    for r in results.static:
+        values += [
+            (f"{r.label} {r.units:g} accuracy", r.classifier_accuracy),
+            (f"{r.label} {r.units:g} detectability", _det(r)),
+        ]
+    bad = [f"{name} = {value!r}" for name, value in values if not 0.0 <= float(value) <= 1.0]
+    text = f"every accuracy and detectability measured lies in [0, 1] ({len(values)} values)"
+    return AcceptanceItem(not bad, "check", text + (f"; out of range: {', '.join(bad[:5])}" if bad else ""))
 
 
 def _upper_lower(values: list[list[float]]) -> tuple[float, float]:
@@ -496,12 +513,11 @@ def _setup(results: DetectorResults) -> list[str]:
 def _flags(page: Page, results: DetectorResults) -> None:
     page.section("Acceptance criteria", "acceptance")
     for item in acceptance(results):  # a finding that does not hold is a result (warn), not an error
-        bad = "warn" if item.kind == "finding" else "bad"
-        page.flag(item.text, "warn" if item.kind == "info" else "ok" if item.ok else bad)
+        page.flag(item.text, "ok" if item.ok and item.kind != "info" else "bad" if item.error else "warn")
     page.section("Interpretation: which findings of the paper hold here", "interpretation")
     for text, holds in interpretation(results):
         prefix = {True: "holds: ", False: "does not hold: ", None: ""}[holds]
-        page.flag(prefix + text, {True: "ok", False: "bad", None: "warn"}[holds])
+        page.flag(prefix + text, "ok" if holds else "warn")  # not holding is a result, not an error
 
 
 def _curves(page: Page, results: DetectorResults) -> None:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..reports import plots
 from ..reports.html import GridCell, Page
+from .detector_records import AcceptanceItem
 from .icub_records import (
     AveragedCurve,
     BaselineCurve,
@@ -25,7 +26,16 @@ from .icub_records import (
     IcubResults,
 )
 
-__all__ = ["acceptance", "auc", "average_curves", "baseline_curve", "interpret", "render"]
+__all__ = [
+    "acceptance",
+    "auc",
+    "average_curves",
+    "baseline_curve",
+    "checks",
+    "findings",
+    "interpret",
+    "render",
+]
 
 _CONFIDENCES = (0.7, 0.8, 0.9, 0.95)
 _PIXELS = 3 * 128 * 128
@@ -148,26 +158,37 @@ def _rms(eps: float) -> float:
     return eps / math.sqrt(_PIXELS) * 255
 
 
-def _vulnerability(results: IcubResults) -> list[str]:
-    out = []
+#: one sentence of the interpretation and whether the paper's finding holds in it (``None``: a fact)
+Statement = tuple[str, bool | None]
+
+
+def _vulnerability(results: IcubResults) -> list[Statement]:
+    out: list[Statement] = []
     for label, attacks in results.curves.items():
         svm = attacks["error-generic"]["SVM"]
         hit = _first_below(svm, svm.accuracy[0] / 2)
         if hit:
             out.append(
-                f"{label}: error-generic noise of L2 norm {hit[0]:g} (RMS {_rms(hit[0]):.2f}/255 per pixel, barely "
-                f"visible) lowers the linear SVM's accuracy from {svm.accuracy[0]:.2f} to {hit[1]:.2f}: "
-                "iCub-like pipelines are vulnerable (holds)."
+                (
+                    f"{label}: error-generic noise of L2 norm {hit[0]:g} (RMS {_rms(hit[0]):.2f}/255 per pixel, barely "
+                    f"visible) lowers the linear SVM's accuracy from {svm.accuracy[0]:.2f} to {hit[1]:.2f}: "
+                    "iCub-like pipelines are vulnerable (holds).",
+                    True,
+                )
             )
         else:
             out.append(
-                f"{label}: the linear SVM keeps over half its accuracy up to d_max {svm.epsilons[-1]:g} (does not hold here)."
+                (
+                    f"{label}: the linear SVM keeps over half its accuracy up to d_max {svm.epsilons[-1]:g} (does not hold here).",
+                    False,
+                )
             )
     return out
 
 
-def _defence(results: IcubResults) -> list[str]:
-    out, wins, total = [], 0, 0
+def _defence(results: IcubResults) -> list[Statement]:
+    out: list[Statement] = []
+    wins, total = 0, 0
     for label, attacks in results.curves.items():
         for attack, m in attacks.items():
             a_rbf, a_adv = m["SVM-RBF"].auc_defended, m["SVM-adv"].auc_defended
@@ -176,20 +197,26 @@ def _defence(results: IcubResults) -> list[str]:
             wins += a_adv > a_rbf
             rise = m["SVM-adv"].defended[1] > m["SVM-adv"].defended[0]
             out.append(
-                f"{label}, {attack}: AUC SVM {a_svm:.3f}, SVM-RBF {a_rbf:.3f}, SVM-adv {a_adv:.3f}, "
-                f"SVM-adv +5% FNR {a_cons:.3f} (accuracy with rejected adversarial inputs counted as defended); "
-                f"SVM-adv {'degrades more gracefully than' if a_adv > a_rbf else 'does not beat'} SVM-RBF"
-                f"{'; its accuracy rises at the first d_max (blind-spot points rejected), as in the paper' if rise else ''}."
+                (
+                    f"{label}, {attack}: AUC SVM {a_svm:.3f}, SVM-RBF {a_rbf:.3f}, SVM-adv {a_adv:.3f}, "
+                    f"SVM-adv +5% FNR {a_cons:.3f} (accuracy with rejected adversarial inputs counted as defended); "
+                    f"SVM-adv {'degrades more gracefully than' if a_adv > a_rbf else 'does not beat'} SVM-RBF"
+                    f"{'; its accuracy rises at the first d_max (blind-spot points rejected), as in the paper' if rise else ''}.",
+                    bool(a_adv > a_rbf),
+                )
             )
     out.insert(
         0,
-        f"SVM-adv beats SVM-RBF (area under the security curve) in {wins} of {total} settings "
-        f"({'holds' if wins * 2 > total else 'does not hold' if wins == 0 else 'holds partly'}).",
+        (
+            f"SVM-adv beats SVM-RBF (area under the security curve) in {wins} of {total} settings "
+            f"({'holds' if wins * 2 > total else 'does not hold' if wins == 0 else 'holds partly'}).",
+            wins * 2 > total,
+        ),
     )
     return out
 
 
-def _conservative(results: IcubResults) -> str:
+def _conservative(results: IcubResults) -> Statement:
     main = next(iter(results.sets.values())).splits
     clean = {
         m: float(np.mean([s.fit.models[m].clean_accuracy for s in main]))
@@ -201,40 +228,103 @@ def _conservative(results: IcubResults) -> str:
         f"The conservative threshold (+5% FNR per one-vs-all classifier) moves clean accuracy from "
         f"{clean['SVM-adv']:.2f} to {clean['SVM-adv +5% FNR']:.2f} and the error-generic AUC from "
         f"{curves['SVM-adv'].auc_defended:.3f} to {curves['SVM-adv +5% FNR'].auc_defended:.3f}: "
-        f"{'more security at the expense of legitimate samples, as in the paper' if better else 'no security gain here'}."
+        f"{'more security at the expense of legitimate samples, as in the paper' if better else 'no security gain here'}.",
+        bool(better),
     )
 
 
-def interpret(results: IcubResults) -> list[str]:
-    """A few sentences, generated from the numbers, on which of the paper's findings hold here."""
-    lines = _vulnerability(results) + _defence(results) + [_conservative(results)]
+def _statements(results: IcubResults) -> list[Statement]:
+    """The interpretation's sentences, each with whether the paper's finding it restates holds."""
+    out = _vulnerability(results) + _defence(results) + [_conservative(results)]
     s = results.sensitivity.record
     verdict = "holds" if s.ratio >= 10 else "does not hold here (the features moved little along the attack)"
-    lines.append(
-        f"Deep-feature sensitivity at input L2 {s.epsilon:.4f} (10/255): random {s.random_mean:.3f} +- "
-        f"{s.random_std:.3f} vs adversarial {s.adversarial_mean:.3f} +- {s.adversarial_std:.3f}, ratio "
-        f"{s.ratio:.0f}x (paper: 0.022 vs 2.386, about 108x): the feature map is unstable along the adversarial "
-        f"direction only, so retraining the head can mitigate but not remove the problem ({verdict})."
+    out.append(
+        (
+            f"Deep-feature sensitivity at input L2 {s.epsilon:.4f} (10/255): random {s.random_mean:.3f} +- "
+            f"{s.random_std:.3f} vs adversarial {s.adversarial_mean:.3f} +- {s.adversarial_std:.3f}, ratio "
+            f"{s.ratio:.0f}x (paper: 0.022 vs 2.386, about 108x): the feature map is unstable along the adversarial "
+            f"direction only, so retraining the head can mitigate but not remove the problem ({verdict}).",
+            s.ratio >= 10,
+        )
     )
     b = results.baseline
     means = [float(np.mean(a)) for a in b.accuracy]
-    lines.append(
-        f"Baseline ({b.set_label}): linear-SVM accuracy goes from {means[0]:.3f} with 2 objects to {means[-1]:.3f} with "
-        f"{b.sizes[-1]}: "
-        f"{'more objects, harder task, as in Fig. 5' if means[-1] < means[0] - 0.01 else 'about flat here (an easy set)'}."
+    harder = means[-1] < means[0] - 0.01
+    out.append(
+        (
+            f"Baseline ({b.set_label}): linear-SVM accuracy goes from {means[0]:.3f} with 2 objects to {means[-1]:.3f} with "
+            f"{b.sizes[-1]}: "
+            f"{'more objects, harder task, as in Fig. 5' if harder else 'about flat here (an easy set)'}.",
+            harder,
+        )
     )
     if isinstance(results.examples, ExampleFacts):
         st = results.examples.sticker
         for model in ("SVM", "SVM-adv"):
             whole, sticker = st.min_dmax.get(f"{model}|whole image"), st.min_dmax.get(f"{model}|sticker")
             if whole and sticker:
-                lines.append(
-                    f"Sticker ({st.mask_fraction:.0%} of the pixels) vs whole image, {model}, error-generic: median "
-                    f"minimum d_max {np.median(sticker):g} vs {np.median(whole):g}; evaded within d_max "
-                    f"{st.grids['sticker'][-1]:g} vs {st.grids['whole image'][-1]:g}: "
-                    f"{sum(map(math.isfinite, sticker))}/{len(sticker)} vs {sum(map(math.isfinite, whole))}/{len(whole)}."
+                out.append(
+                    (
+                        f"Sticker ({st.mask_fraction:.0%} of the pixels) vs whole image, {model}, error-generic: median "
+                        f"minimum d_max {np.median(sticker):g} vs {np.median(whole):g}; evaded within d_max "
+                        f"{st.grids['sticker'][-1]:g} vs {st.grids['whole image'][-1]:g}: "
+                        f"{sum(map(math.isfinite, sticker))}/{len(sticker)} vs {sum(map(math.isfinite, whole))}/{len(whole)}.",
+                        None,
+                    )
                 )
-    return lines
+    return out
+
+
+def interpret(results: IcubResults) -> list[str]:
+    """A few sentences, generated from the numbers, on which of the paper's findings hold here."""
+    return [text for text, _ in _statements(results)]
+
+
+#: the largest |sklearn decision value - torch head's| that still counts as the same SVM
+SKLEARN_TOLERANCE = 1e-4
+
+
+def checks(results: IcubResults) -> list[AcceptanceItem]:
+    """Checks of this code (an error if one fails, unlike a finding that does not hold).
+
+    The torch SVM heads must reproduce sklearn's decision values, and every averaged curve must
+    hold fractions in [0, 1]."""
+    diff = acceptance(results).sklearn_torch_max_abs_diff
+    items = [
+        AcceptanceItem(
+            bool(diff <= SKLEARN_TOLERANCE),
+            "check",
+            f"the torch SVM heads reproduce sklearn's decision values (max |difference| {diff:.2g}, "
+            f"tolerance {SKLEARN_TOLERANCE:g})",
+        )
+    ]
+    bad = [
+        f"{label}/{attack}/{model}"
+        for label, attacks in results.curves.items()
+        for attack, models in attacks.items()
+        for model, c in models.items()
+        if not all(0.0 <= v <= 1.0 for v in (*c.accuracy, *c.rejected, *c.defended, *c.misclassified))
+    ]
+    count = sum(len(models) for attacks in results.curves.values() for models in attacks.values())
+    text = f"every security curve holds fractions in [0, 1] ({count} curves)"
+    items.append(
+        AcceptanceItem(not bad, "check", text + (f"; out of range: {', '.join(bad[:5])}" if bad else ""))
+    )
+    return items
+
+
+def findings(results: IcubResults) -> list[AcceptanceItem]:
+    """The interpretation as acceptance items (``finding`` or ``info``), then the :func:`checks`.
+
+    A finding of the paper that does not hold here is a result (``finding does not hold``); only
+    a failed check is an error."""
+    items = [
+        AcceptanceItem(bool(holds), "finding", text)
+        if holds is not None
+        else AcceptanceItem(True, "info", text)
+        for text, holds in _statements(results)
+    ]
+    return items + checks(results)
 
 
 # -------------------------------------------------------------------------------------- the page
@@ -316,7 +406,7 @@ def render(results: IcubResults) -> Page:
         "iCub robot vision under attack (Melis et al. 2017)",
         f"evasion reproduce icub{' --quick' if st.main.endswith('quick') else ''}",
     )
-    page.section("Findings", "findings").bullets(interpret(results))
+    page.section("Findings", "findings").bullets([f"[{i.label}] {i.text}" for i in findings(results)])
     acc = acceptance(results)
     page.table(
         ["check", "value"],

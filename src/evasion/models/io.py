@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ModelError, UnknownNameError, UnsafeFileError
+from ..errors import ConfigError, MissingFileError, ModelError, UnknownNameError, UnsafeFileError
 from .classifier import Classifier, Normalize, eval_mode
 from .registry import architectures, model_info
 
@@ -70,21 +71,38 @@ def is_torchscript(path: str | os.PathLike[str]) -> bool:
     return "constants.pkl" in inner and "code" in inner
 
 
-def _unsafe_message(path: Path, exc: Exception) -> str:
-    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    what = f" (it references {found.group(1)})" if found else ""
+def _pickle_kind(path: Path) -> tuple[str, str | None] | None:
+    """What kind of pickle ``path`` is and the first global it references, read without running it.
+
+    ``None`` for a file that is not a pickle. A ``torch.save`` zip archive and a pickle of protocol
+    2+ announce themselves in their first bytes; protocols 0 and 1 have no header, so their opcodes
+    are parsed (:func:`pickletools.genops` reads, never executes) until the STOP opcode.
+    """
+    if zipfile.is_zipfile(path):
+        return "a torch.save archive of pickled Python objects", None
+    try:
+        with open(path, "rb") as f:
+            protocol, reference = 0, None
+            for opcode, arg, _ in pickletools.genops(f):
+                protocol = max(protocol, opcode.proto)
+                if opcode.name == "PROTO" and isinstance(arg, int):
+                    protocol = arg
+                if opcode.name == "GLOBAL" and reference is None and isinstance(arg, str):
+                    reference = arg.replace(" ", ".")
+    except Exception:  # not a pickle: an invalid opcode, or the file ends before STOP
+        return None
+    return f"a protocol-{protocol} Python pickle", reference
+
+
+def _unsafe_message(path: Path, kind: str, reference: str | None) -> str:
+    """One line: what the file is, why it was refused, and the explicit opt-in (``trust``)."""
+    what = f" (it references {reference})" if reference else ""
     return (
-        f"{path} is not a plain state dict or TorchScript archive{what}: loading it means unpickling "
-        "arbitrary Python objects, which can run any code on this machine. Pass trust=True (CLI: --trust) "
-        "only if you trust where the file came from; better, re-save it as a state dict "
-        "(torch.save(model.state_dict(), path)) or a TorchScript archive"
+        f"{path} is {kind}, not a plain state dict or TorchScript archive{what}: refused, because "
+        "loading it means unpickling arbitrary Python objects, which can run any code on this machine. "
+        "Pass trust=True (CLI: --trust) only if you trust where the file came from; better, re-save it "
+        "as a state dict (torch.save(model.state_dict(), path)) or a TorchScript archive"
     )
-
-
-def _is_pickle(path: Path) -> bool:
-    """A torch.save zip archive or a binary pickle (PROTO opcode), as opposed to arbitrary bytes."""
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80" or zipfile.is_zipfile(path)
 
 
 def _cause(exc: Exception) -> str:
@@ -102,16 +120,27 @@ def _read(path: Path, trust: bool) -> object:
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower() or not _is_pickle(path):
+        kind = _pickle_kind(path)
+        if kind is None or "weights only load failed" not in str(exc).lower():
             raise ModelError(f"cannot read {path} as a PyTorch file ({_cause(exc)})") from None
         if not trust:
-            raise UnsafeFileError(_unsafe_message(path, exc)) from None
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            raise UnsafeFileError(
+                _unsafe_message(path, kind[0], found.group(1) if found else kind[1])
+            ) from None
     except Exception as exc:
         raise ModelError(
             f"cannot read {path} as a PyTorch file ({type(exc).__name__}: {str(exc)[:200]})"
         ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        kind = _pickle_kind(path)
+        if kind is None or "Python pickle" not in kind[0]:
+            raise ModelError(f"cannot unpickle {path} ({_cause(exc)})") from exc
+    try:  # a trusted plain pickle.dump file (torch.load wants torch.save's header)
+        with open(path, "rb") as f:
+            return pickle.load(f)  # the caller passed trust=True
     except Exception as exc:
         raise ModelError(f"cannot unpickle {path} ({_cause(exc)})") from exc
 
@@ -250,17 +279,21 @@ def load_file(
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+        what = "is a folder, not a model file" if path.is_dir() else "does not exist"
+        raise MissingFileError(f"model file {str(path)!r} {what}")
     if isinstance(architecture, str):
         info = model_info(architecture, missing_ok=True)
         if info is not None and info.architecture is not None:
             input_shape = input_shape if input_shape is not None else info.input_shape
             num_classes = num_classes if num_classes is not None else info.num_classes
-    if input_shape is None:
-        raise ConfigError(f"input_shape is required to load {path}, e.g. input_shape=(3, 224, 224)")
     if (mean is None) != (std is None):
         raise ConfigError("pass both mean and std for normalisation, or neither")
+    # the file is read (and an unsafe pickle refused) before asking for options it would need
     module, stored = _read_module(path, architecture, trust)
+    if input_shape is None:
+        raise ConfigError(
+            f"input_shape is required to load {path}, e.g. input_shape=(3, 224, 224) (CLI: --input-shape 3,224,224)"
+        )
     preprocess = Normalize(mean, std) if mean is not None and std is not None else stored
     module.eval()
     if num_classes is None:
