@@ -229,3 +229,110 @@ register(
         factory=_efficientnet_lite0,
     )
 )
+
+
+# -- robust (and deliberately gradient-masked) first-use models: evasion.training ------------------
+def _trained_by_trainer(name: str, settings: dict[str, Any], distill_temperature: float | None) -> nn.Module:
+    """``mnist-cnn`` trained by :class:`evasion.training.AdversarialTrainer` (or distilled), cached.
+
+    Like :func:`trained_module`: trained on the first call on the mnist5k train split (CPU, one
+    thread, seeded), stored under ``models/<name>`` with its sha256 and its config as identity.
+    """
+    from ..datasets import load as load_dataset  # lazy: evasion.training imports the attacks
+    from ..training import AdversarialTrainer, TrainConfig, distill
+
+    config = TrainConfig(**settings, num_threads=1)
+    modules: list[nn.Module] = []
+    facts: dict[str, Any] = {}
+
+    def load(state: dict[str, Any]) -> None:
+        module = small.mnist_cnn(0)
+        module.load_state_dict(state)
+        modules.append(module.eval())
+
+    def train() -> dict[str, Any]:
+        logger.info("training %r on first use (mnist5k, %d epochs; minutes on 2 cores)", name, config.epochs)
+        data, test = load_dataset("mnist5k", split="train"), load_dataset("mnist5k", split="test")
+        start = time.perf_counter()
+        if distill_temperature is None:
+            module = AdversarialTrainer(config).fit(small.mnist_cnn(0), data).classifier.module
+        else:
+            _, student = distill(lambda: small.mnist_cnn(0), data, config)
+            module = student.classifier.module
+        module.eval()
+        modules.append(module)
+        facts.update(
+            name=name,
+            test_accuracy=accuracy(module, test),
+            train_seconds=round(time.perf_counter() - start, 2),
+        )
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    identity = {"recipe": {"architecture": "mnist-cnn", "dataset": "mnist5k", **config.fingerprint()}}
+    load_or_train(
+        "models", name, train, identity=identity, meta=lambda _: facts, what=f"{name!r} model", check=load
+    )
+    return modules[-1]
+
+
+#: Madry et al.'s PGD training of mnist-cnn at L-inf 0.3 (10 steps of 0.075), epsilon warm-up
+MNIST_CNN_PGD: dict[str, Any] = {
+    "recipe": "pgd",
+    "epsilon": 0.3,
+    "epochs": 12,
+    "lr": 2e-3,
+    "batch_size": 64,
+    "warmup_epochs": 3.0,
+    "steps": 10,
+}
+#: Papernot et al.'s defensive distillation at T = 100 (teacher and student, mnist-cnn's recipe)
+MNIST_CNN_DISTILLED: dict[str, Any] = {
+    "recipe": "none",
+    "epsilon": 0.0,
+    "epochs": 8,
+    "lr": 2e-3,
+    "batch_size": 32,
+    "augment_shift": 1,
+    "temperature": 100.0,
+}
+
+
+def _trainer_info(
+    name: str, settings: dict[str, Any], distilled: bool, description: str, first_use: str
+) -> ModelInfo:
+    def factory(device: Device = None) -> Classifier:
+        temperature = settings["temperature"] if distilled else None
+        module = _trained_by_trainer(name, settings, temperature)
+        clf = Classifier(module, 10, input_shape=(1, 28, 28), name=name)
+        return clf.to(device) if device is not None else clf
+
+    return ModelInfo(
+        name=name,
+        description=description,
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        dataset="mnist5k",
+        source=f"trained on first use ({first_use} on 2 cores)",
+        factory=factory,
+        architecture=lambda: small.mnist_cnn(0),
+    )
+
+
+register(
+    _trainer_info(
+        "mnist-cnn-pgd",
+        MNIST_CNN_PGD,
+        False,
+        "mnist-cnn PGD-trained (Madry et al.) at L-inf 0.3 on the mnist5k train split",
+        "~15 min",
+    )
+)
+register(
+    _trainer_info(
+        "mnist-cnn-distilled",
+        MNIST_CNN_DISTILLED,
+        True,
+        "mnist-cnn with defensive distillation T=100: masks gradients, a defence to break",
+        "~1 min",
+    )
+)
