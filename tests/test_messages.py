@@ -301,8 +301,8 @@ def test_a_broken_invariant_is_an_error_and_exits_1(capsys: pytest.CaptureFixtur
     check = acceptance(broken)[-1]
     assert check.kind == "check" and check.error and "clean accuracy = nan" in check.text
     assert _verdicts(acceptance(broken)) == 1
-    out = capsys.readouterr().out
-    assert "[ERROR] every accuracy and detectability" in out and "1 check(s) of this code failed" in out
+    out, err = capsys.readouterr()
+    assert "[ERROR] every accuracy and detectability" in out and "1 check(s) of this code failed" in err
     assert AcceptanceItem(False, "finding", "x").label == "finding does not hold"
 
 
