@@ -129,6 +129,10 @@ def test_self_check_specs_one_per_norm_longer_and_over_the_union_grid():
     assert linf.models is None
     restricted = self_check_specs([AttackSpec(attacks.PGD(steps=5), "linf", [0.1], name="a", models=["m"])])
     assert restricted[0].models == ("m",)
+    # a minimum-norm attack's iterations (C&W: per binary-search step) do not size the self-check
+    cw = attacks.CarliniWagnerL2(steps=500, binary_search_steps=2)
+    mixed = self_check_specs([specs[2], AttackSpec(cw, "l2", [1.0], name="cw")])
+    assert mixed[0].attack.steps == l2.attack.steps == 20 and mixed[0].after == ("c", "cw")
 
 
 def test_the_self_check_name_is_reserved():

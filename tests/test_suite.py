@@ -53,9 +53,11 @@ def test_plain_classifier_suite():
     assert model_kind(model) == "plain"
     specs = _by_name(default_suite(model, GRIDS))
     for norm in ("linf", "l2"):
-        ce, dlr = specs[f"apgd-ce-{norm}"], specs[f"apgd-dlr-{norm}"]
+        ce, aimed = specs[f"apgd-ce-{norm}"], specs[f"apgd-t-{norm}"]
         assert isinstance(ce.attack, APGD) and ce.attack.loss == "ce" and ce.norm == norm
-        assert isinstance(dlr.attack, APGD) and dlr.attack.loss == "dlr"
+        # AutoAttack's APGD-T: the targeted DLR loss aimed at runner-ups, untargeted success
+        assert isinstance(aimed.attack, APGD) and aimed.attack.loss == "dlr" and aimed.attack.targets == 3
+        assert not aimed.targeted and aimed.after == (f"apgd-ce-{norm}",)
         assert ce.grid == tuple(GRIDS[norm])
     assert isinstance(specs["deepfool-l2"].attack, DeepFool) and specs["deepfool-l2"].norm == "l2"
     assert isinstance(specs["cw-l2"].attack, CarliniWagnerL2) and specs["cw-l2"].norm == "l2"
@@ -73,7 +75,7 @@ def test_reject_option_suite():
     specs = _by_name(default_suite(model, GRIDS))
     for norm in ("linf", "l2"):
         assert specs[f"apgd-ce-{norm}"].attack.loss == "ce"
-        assert f"apgd-dlr-{norm}" not in specs  # evades no point more than the margin against a rejection
+        assert f"apgd-t-{norm}" not in specs  # evades no point more than the margin against a rejection
         m = specs[f"apgd-margin-{norm}"]
         assert m.after == (f"apgd-ce-{norm}",)  # a cascade: only what APGD-CE left
         assert isinstance(m.attack, APGD) and m.attack.loss == "margin" and m.norm == norm
@@ -111,9 +113,12 @@ def test_detector_suite_adds_the_threshold_aware_dynamic_adversary():
 
 
 def test_suite_settings_size_the_attacks():
-    s = SuiteSettings(steps=7, dynamic_steps=6, sigmas=(0.3,), deepfool_steps=4, cw_steps=3)
+    s = SuiteSettings(
+        steps=7, targeted_steps=5, targets=2, dynamic_steps=6, sigmas=(0.3,), deepfool_steps=4, cw_steps=3
+    )
     plain = _by_name(default_suite(_plain(), GRIDS, s))
-    assert plain["apgd-ce-linf"].attack.steps == 7 and plain["apgd-dlr-l2"].attack.steps == 7
+    assert plain["apgd-ce-linf"].attack.steps == 7 and plain["apgd-t-l2"].attack.steps == 5
+    assert plain["apgd-t-l2"].attack.targets == 2
     assert plain["deepfool-l2"].attack.steps == 4 and plain["cw-l2"].attack.steps == 3
     detected = _by_name(default_suite(_detected(), GRIDS, s))
     assert [n for n in detected if n.startswith("dynamic")] == [
@@ -141,7 +146,7 @@ def test_suites_restrict_shared_specs_to_their_models():
     specs = _by_name(suites(models, GRIDS))
     for norm in ("linf", "l2"):
         assert specs[f"apgd-ce-{norm}"].models == ("p", "r")  # not on the detector model
-        assert specs[f"apgd-dlr-{norm}"].models == ("p",)
+        assert specs[f"apgd-t-{norm}"].models == ("p",)
         assert specs[f"apgd-margin-{norm}"].models == ("r", "d")
         assert specs[f"noise-uniform-{norm}"].models == ("r", "d")
         dyn = [s for s in specs.values() if s.name.startswith("dynamic-hinge-") and s.norm == norm]
@@ -180,12 +185,12 @@ def test_evaluate_without_attacks_runs_the_default_suite(one_thread):
 
 
 def test_evaluate_without_attacks_adapts_to_each_model(one_thread, monkeypatch):
-    small = SuiteSettings(steps=5, dynamic_steps=5, sigmas=(0.5,))
+    small = SuiteSettings(steps=5, targeted_steps=5, dynamic_steps=5, sigmas=(0.5,))
     monkeypatch.setattr(engine, "suites", functools.partial(suites, settings=small))
     clf, x, y = _data()
     models = {"plain": clf, "guarded": _reject(), "detected": _detected()}
     ev = evasion.evaluate(models, (x, y), epsilons={"linf": [0.03]})
-    assert set(ev.attacks_of("plain")) == {"apgd-ce-linf", "apgd-dlr-linf", "self-check-linf"}
+    assert set(ev.attacks_of("plain")) == {"apgd-ce-linf", "apgd-t-linf", "self-check-linf"}
     assert "noise-uniform-linf" in ev.attacks_of("guarded")
     assert "dynamic-hinge-0.5-linf" in ev.attacks_of("detected")
     assert "dynamic-hinge-0.5-linf" not in ev.attacks_of("guarded")

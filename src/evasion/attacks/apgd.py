@@ -4,6 +4,12 @@ A step-size-free PGD: it starts with a step of ``2 * epsilon``, adds momentum (0
 checkpoints halves the step of every sample whose objective rose in fewer than 75% of the steps
 since the last checkpoint, or whose step and best objective did not change; such samples restart
 from their best point. It is the gradient loop with the :class:`APGDStep` rule.
+
+``targets=k`` is AutoAttack's APGD-T: under an untargeted threat, one run per target class (the
+``k`` classes other than the true one with the highest clean scores), each with the *targeted*
+form of the loss towards that class, on the points the earlier runs left; success is still any
+wrong class. Aiming at one runner-up at a time finds points the untargeted loss misses when its
+gradient keeps switching between competing classes.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ from torch import Tensor
 
 from .._validation import fraction, integer
 from ..errors import ConfigError
-from .base import Problem
+from .base import AttackResult, Problem
 from .iterative import IterativeAttack
-from .loop import LoopSettings
+from .loop import LoopSettings, run_loop
 from .steps import StepContext, StepRule
 
-__all__ = ["APGD", "APGDState", "APGDStep", "checkpoints"]
+__all__ = ["APGD", "APGDState", "APGDStep", "checkpoints", "runner_up_classes"]
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -136,12 +142,22 @@ class APGDStep:
         return x, g, prev_x
 
 
+def runner_up_classes(model_scores: Tensor, y: Tensor, num_classes: int, k: int) -> Tensor:
+    """``(n, k)``: per row, the ``k`` classes other than ``y`` in decreasing order of score (the
+    reject column of a rejecting classifier, if any, is not a class to aim at)."""
+    cls = model_scores[:, :num_classes].float()
+    cls = cls.scatter(1, y[:, None], float("-inf"))
+    return cls.argsort(dim=1, descending=True, stable=True)[:, :k]
+
+
 @dataclass(frozen=True)
 class APGD(IterativeAttack):
     """Auto-PGD: PGD with momentum and a step size that adapts per sample (no step size to tune).
 
     ``loss="ce"`` (APGD-CE) or ``"dlr"`` (APGD-DLR, scale-invariant; ``targeted`` uses the
     targeted DLR). ``restarts`` re-runs from random starts on the samples still unbroken.
+    ``targets=k`` (untargeted threats only) is APGD-T: one run per runner-up class, with the
+    targeted loss towards it (AutoAttack uses ``loss="dlr", targets=9``); 0 = the plain attack.
     """
 
     name: ClassVar[str] = "apgd"
@@ -151,6 +167,7 @@ class APGD(IterativeAttack):
     restarts: int = 1
     momentum: float = 0.75
     rho: float = 0.75
+    targets: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +178,7 @@ class APGD(IterativeAttack):
         integer(self.restarts, "restarts", minimum=1)
         fraction(self.momentum, "momentum", open_low=True)
         fraction(self.rho, "rho", open_low=True)
+        integer(self.targets, "targets", minimum=0)
 
     def make_rule(self) -> Callable[[], StepRule]:
         return partial(APGDStep, self.momentum, self.rho)
@@ -175,3 +193,35 @@ class APGD(IterativeAttack):
             keep=self.keep,
             trace=self.trace,
         )
+
+    def _run(self, problem: Problem) -> AttackResult:
+        if self.targets == 0:
+            return super()._run(problem)
+        if problem.target is not None:
+            raise ConfigError(
+                "APGD targets= aims a targeted loss at runner-up classes under an untargeted threat; "
+                "with a targeted threat the target is given: leave targets=0"
+            )
+        k = problem.model.num_classes
+        if self.targets > k - 1:
+            raise ConfigError(f"targets={self.targets} exceeds the {k - 1} classes other than the true one")
+        with torch.no_grad():
+            order = runner_up_classes(problem.model(problem.x), problem.y, k, self.targets)
+        settings, rule = self.settings(problem), self.make_rule()
+        problem.aim = order[:, 0]
+        out = run_loop(problem, self.objective(problem), rule, settings, problem.init)
+        out.forwards += 1  # the clean forward that ranked the classes
+        for j in range(1, self.targets):
+            rows = (~out.success).nonzero()[:, 0]
+            if rows.numel() == 0:
+                break
+            sub = problem.subset(rows)
+            sub.aim = order[rows, j]
+            again = run_loop(sub, self.objective(sub), rule, settings, sub.init)
+            out.take(again, rows, again.success & ~out.success[rows])
+            if out.loss_trace is not None and again.loss_trace is not None:
+                # per sample, the trace of the last run it took part in (the runs have equal
+                # lengths): the convergence check then asks whether that run had converged
+                out.loss_trace[:, rows] = again.loss_trace
+        problem.aim = None
+        return self.to_result(problem, out)

@@ -120,6 +120,9 @@ class Problem:
     generator: torch.Generator
     #: optional warm start (e.g. the adversarial points found at a smaller epsilon)
     init: Tensor | None = None
+    #: the class a *targeted loss* aims at under an untargeted threat (AutoAttack's APGD-T:
+    #: the loss pulls towards ``aim``, success is still any wrong class); ``None``: no aim
+    aim: Tensor | None = None
     #: coordinates the attacker may move (``None``: all of them); computed once, not per step
     free: Tensor | None = field(init=False, repr=False, compare=False)
 
@@ -130,6 +133,11 @@ class Problem:
     @property
     def n(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def loss_target(self) -> Tensor | None:
+        """The class the objective's loss is computed towards: the target, else the aim."""
+        return self.target if self.target is not None else self.aim
 
     def success(self, predictions: Tensor, idx: Tensor | None = None) -> Tensor:
         """Whether each prediction is an evasion (rows ``idx`` of the problem)."""
@@ -156,6 +164,7 @@ class Problem:
             self.upper[idx],
             self.generator,
             None if self.init is None else self.init[idx],
+            None if self.aim is None else self.aim[idx],
         )
 
 

@@ -60,7 +60,7 @@ class IterativeAttack(Attack):
 
     # -- hooks for subclasses ---------------------------------------------------------------
     def objective(self, problem: Problem) -> Objective:
-        return LossObjective(get_loss(self.loss))
+        return LossObjective(get_loss(self.loss), aimed=problem.target is None and problem.aim is not None)
 
     def make_rule(self) -> Callable[[], StepRule]:
         return SteepestAscent

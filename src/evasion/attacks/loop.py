@@ -162,9 +162,8 @@ def _single_run(
             break
         with_grad = t < s.steps
         xa = (x if full else x[idx]).detach().requires_grad_(with_grad)
-        value = objective(
-            problem.model, xa, problem.y[idx], None if problem.target is None else problem.target[idx]
-        )
+        aim = problem.loss_target
+        value = objective(problem.model, xa, problem.y[idx], None if aim is None else aim[idx])
         best.forwards[idx] += 1
         loss = value.total.detach()
         preds = problem.model.decide(value.scores.detach())

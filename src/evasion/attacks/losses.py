@@ -128,10 +128,18 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class LossObjective:
-    """The usual objective: one loss of the model's scores."""
+    """The usual objective: one loss of the model's scores.
+
+    ``aimed``: the ``target`` the loop passes is an *aim* under an untargeted threat (a targeted
+    loss whose success is any wrong class, AutoAttack's APGD-T): the scores are seen as an
+    untargeted attacker sees them (a rejection counts as the true class) and the loss is the
+    targeted one towards the aim.
+    """
 
     loss: LossFn
+    aimed: bool = False
 
     def __call__(self, model: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> ObjectiveValue:
         scores = model(x)
-        return ObjectiveValue(scores, (self.loss(attacker_view(model, scores, y, target), y, target),))
+        view = attacker_view(model, scores, y, None if self.aimed else target)
+        return ObjectiveValue(scores, (self.loss(view, y, target),))

@@ -3,9 +3,10 @@
 A number is only as honest as the strongest attack behind it, and the strongest attack depends on
 the defence. The suite is chosen per model (:func:`default_suite`), per norm:
 
-* **an undefended model**: APGD with the cross-entropy, then with the DLR loss (Croce & Hein
-  2020); in L2 also the minimum-norm attacks (DeepFool, C&W), whose unbounded searches give the
-  distribution of minimal perturbations;
+* **an undefended model**: APGD with the cross-entropy, then APGD-T, the targeted DLR loss
+  aimed in turn at the ``targets`` runner-up classes with untargeted success (Croce & Hein
+  2020, as AutoAttack runs them); in L2 also the minimum-norm attacks (DeepFool, C&W), whose
+  unbounded searches give the distribution of minimal perturbations;
 * **a model with a reject option** (Melis et al.'s threshold): APGD-CE, then APGD on the margin
   ``max_{k != y} z_k - max(z_y, z_reject)`` (the losses see the reject score through
   ``attacker_view``: a rejection is as bad as the true class; on the main job's models DLR
@@ -55,10 +56,12 @@ class SuiteSettings:
     on 2 CPU cores in a few minutes (``benchmarks/adaptive.py`` checks that it stays the worst)."""
 
     steps: int = 50
+    targets: int = 3
+    targeted_steps: int = 50
     dynamic_steps: int = 50
     sigmas: tuple[float, ...] = (0.25, 0.5)
-    cw_steps: int = 100
-    cw_binary_search_steps: int = 5
+    cw_steps: int = 50
+    cw_binary_search_steps: int = 4
     cw_initial_const: float = 5.0
     deepfool_steps: int = 50
 
@@ -99,7 +102,7 @@ def default_suite(
         if kind != "detector":  # CE keeps creeping up on a detector's rejected points: no use there
             white.append(("apgd-ce", APGD(steps=s.steps)))
         if kind == "plain":
-            white.append(("apgd-dlr", APGD(steps=s.steps, loss="dlr")))
+            white.append(("apgd-t", APGD(steps=s.targeted_steps, loss="dlr", targets=s.targets)))
         else:  # against a rejection the margin to beat is max(z_y, z_reject)
             white.append(("apgd-margin", APGD(steps=s.steps, loss="margin")))
         if kind == "detector":
@@ -174,7 +177,12 @@ def self_check_specs(
         name = f"self-check-{norm}"
         if any(s.name == name for s in specs):
             raise ConfigError(f"the attack name {name!r} is reserved for the evaluation's self-check")
-        longest = max((s.attack.steps for s in peers if isinstance(s.attack, Stepped)), default=10)
+        # the steps of fixed-budget attacks (a minimum-norm attack's iterations, e.g. C&W's per
+        # binary-search step, are not comparable)
+        longest = max(
+            (s.attack.steps for s in peers if isinstance(s.attack, Stepped) and not s.minimum_norm),
+            default=10,
+        )
         steps = min(max_steps, max(20, factor * longest))
         grid = sorted({e for s in peers for e in s.grid})
         models = (
