@@ -67,6 +67,20 @@ def test_heartbeat_writes_a_status_line_while_a_long_cell_runs():
     assert len(lines) == 2 and "elapsed 5s" in lines[1] and STAMP.match(lines[1])
 
 
+def test_heartbeat_says_how_long_the_current_cell_has_been_running():
+    clock, lines = FakeClock(), []
+    bar = LineProgress(lines.append, interval=5.0, min_gap=1.0, clock=clock)
+    overall, group = bar.add("all cells", 10), bar.add("model / pgd", 10)
+    clock.sleep(1.0)
+    bar.advance(overall)
+    bar.update(group, description="model / pgd (eps 0.3)")
+    bar.advance(group)
+    assert "model / pgd (eps 0.3) 1/10 |" in lines[-1]  # just done: no "working"
+    clock.sleep(7.0)
+    bar.tick()
+    assert "model / pgd (eps 0.3) 1/10, working 7s" in lines[-1]
+
+
 def test_finished_work_stops_the_heartbeat_and_says_done():
     clock, lines = FakeClock(), []
     bar = LineProgress(lines.append, interval=5.0, clock=clock)

@@ -153,7 +153,7 @@ class LineProgress:
         self.interval, self.min_gap, self.clock, self.stamp = interval, min_gap, clock, stamp
         self._tasks: list[_Task] = []
         self._current: int | None = None
-        self._since = clock()  # when the current task last moved
+        self._since = clock()  # when the last unit of work (of any task) was done
         self._last_line = -float("inf")
         self._pending = False  # a unit of the overall task is done and its line not written yet
         self._lock = threading.RLock()
@@ -172,8 +172,9 @@ class LineProgress:
             entry = self._tasks[task]
             was_finished = entry.rate.finished
             entry.rate.advance(amount, now, reused)
+            self._since = now
             if task != 0 or len(self._tasks) == 1:
-                self._current, self._since = task, now
+                self._current = task
             if entry.rate.finished and not was_finished and entry.rate.fresh > 0:
                 self._emit(now, f"done: {entry.description} ({entry.rate.counts()})")
             elif task == 0 and not reused and now - self._last_line >= self.min_gap:
@@ -189,13 +190,13 @@ class LineProgress:
             if total is not None:
                 entry.rate.total = float(total)
             if task != 0:
-                if self._current != task:
-                    self._since = self.clock()
                 self._current = task
 
     # -- lines ----------------------------------------------------------------------------------
     def status(self, now: float) -> str:
-        """``all cells 104/270 (38%, 12 reused) | current task 3/10 for 12s | ETA 3m20s``."""
+        """``all cells 104/270 (38%, 12 reused) | current task 3/10, working 12s | elapsed 1m40s | ETA 3m20s``.
+
+        ``working``: time since the last unit was done (shown from 2 s: a long unit is under way)."""
         with self._lock:
             if not self._tasks:
                 return "starting"
@@ -206,7 +207,11 @@ class LineProgress:
             parts = [f"{main.description} {rate.counts()} ({pct}{reused})"]
             if self._current is not None and self._current != 0:
                 cur = self._tasks[self._current]
-                parts.append(f"{cur.description} {cur.rate.counts()} for {duration(now - self._since)}")
+                working = now - self._since
+                parts.append(
+                    f"{cur.description} {cur.rate.counts()}"
+                    + (f", working {duration(working)}" if working >= 2 else "")
+                )
             left = rate.remaining(now)
             parts.append(f"elapsed {duration(now - rate.start)}")
             parts.append("ETA " + ("?" if left is None else duration(left)))
