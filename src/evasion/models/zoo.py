@@ -312,7 +312,7 @@ def _trainer_info(
         input_shape=(1, 28, 28),
         num_classes=10,
         dataset="mnist5k",
-        source=f"trained on first use ({first_use} on 2 cores)",
+        source=f"trained on first use ({first_use})",
         factory=factory,
         architecture=lambda: small.mnist_cnn(0),
     )
@@ -324,7 +324,7 @@ register(
         MNIST_CNN_PGD,
         False,
         "mnist-cnn PGD-trained (Madry et al.) at L-inf 0.3 on the mnist5k train split",
-        "~15 min",
+        "~8 min on 2 cores",
     )
 )
 register(
@@ -333,6 +333,6 @@ register(
         MNIST_CNN_DISTILLED,
         True,
         "mnist-cnn with defensive distillation T=100: masks gradients, a defence to break",
-        "~1 min",
+        "~1 min on 2 cores",
     )
 )
