@@ -1,9 +1,9 @@
 """How the commands fare when another CPU-bound process shares the machine, before and after the
 thread policy of :mod:`evasion.runtime`.
 
-    python benchmarks/load.py                    # full: main job + reproduce icub --quick (~1 h on 2 cores)
+    python benchmarks/load.py                    # full: main job + reproduce icub --quick (1 h or more on 2 cores)
     python benchmarks/load.py --jobs evaluate --hogs python
-    python benchmarks/load.py --smoke            # tiny config, proves the script works (~3 min)
+    python benchmarks/load.py --smoke            # tiny sizes, proves the script works (~5 min quiet)
 
 For each job (``evaluate``: the main job, ``evasion evaluate`` on the embedded default;
 ``icub``: ``evasion reproduce icub --quick``), each thread policy (``before``: ``--threads N``
