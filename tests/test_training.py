@@ -223,7 +223,8 @@ def test_checkpoint_of_another_architecture_names_the_keys(digits, tmp_path):
 # -- catastrophic overfitting ---------------------------------------------------------------------
 def test_collapse_rule():
     assert collapsed(0.6, 0.05, 0.7, 0.2)
-    assert not collapsed(None, 0.0, 0.9, 0.2)  # nothing to compare with yet
+    assert not collapsed(None, 0.0, 0.3, 0.2)  # nothing to compare with yet, a small gap
+    assert collapsed(None, 0.1, 0.7, 0.2)  # robust to FGSM only, from the start
     assert not collapsed(0.6, 0.5, 0.7, 0.2)  # a small dip
     assert not collapsed(0.6, 0.05, 0.1, 0.2)  # both fell: not the FGSM-only signature
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .checkpoint import CheckpointDir
 from .distillation import distill
 from .trainer import (
+    FGSM_GAP,
     OPTIMIZERS,
     RECIPES,
     SCHEDULES,
@@ -22,6 +23,7 @@ from .trainer import (
 )
 
 __all__ = [
+    "FGSM_GAP",
     "OPTIMIZERS",
     "RECIPES",
     "SCHEDULES",

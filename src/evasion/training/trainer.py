@@ -91,7 +91,7 @@ class TrainConfig:
         check_size, check_steps: the held-out batch and PGD steps of the per-epoch check.
         overfit_drop: ``fgsm-rs``: catastrophic overfitting is a PGD accuracy that falls by at
             least this much below the best earlier epoch while FGSM accuracy stays at least this
-            much above it.
+            much above it, or an FGSM accuracy :data:`FGSM_GAP` (0.5) above the PGD accuracy.
         num_threads: torch CPU threads for the run (``None``: leave the setting alone).
     """
 
@@ -205,9 +205,21 @@ class TrainingResult:
         }
 
 
-def collapsed(best_robust: float | None, robust: float, fgsm: float, drop: float) -> bool:
-    """Catastrophic overfitting: PGD accuracy fell by ``drop`` below the best earlier epoch while
-    FGSM accuracy stays ``drop`` above it (the model only defends against the one-step attack)."""
+#: FGSM accuracy this far above PGD accuracy is catastrophic overfitting even without a drop
+FGSM_GAP = 0.5
+
+
+def collapsed(
+    best_robust: float | None, robust: float, fgsm: float, drop: float, gap: float = FGSM_GAP
+) -> bool:
+    """Catastrophic overfitting: the model defends against the one-step attack only.
+
+    Either PGD accuracy fell by ``drop`` below the best earlier epoch while FGSM accuracy stays
+    ``drop`` above it (Wong et al.'s collapse), or FGSM accuracy is ``gap`` above PGD accuracy (the
+    collapse happened before PGD robustness ever built up, e.g. during the epsilon warm-up).
+    """
+    if fgsm - robust >= gap:
+        return True
     if best_robust is None:
         return False
     return best_robust - robust >= drop and fgsm - robust >= drop
