@@ -164,3 +164,49 @@ def test_the_self_check_runs_only_where_the_model_was_attacked(one_thread):
     assert ev.worst_case("p", "linf").epsilons == [0.0, 0.01]
     assert ev.worst_case("r", "linf").epsilons == [0.0, 0.2]
     assert not [c for c in ev.checks if c.code == "self-check" and c.model == "p" and c.epsilon == 0.2]
+
+
+# -- a cascade attack that starts from its peers' best points ------------------------------------
+INITS: list[torch.Tensor | None] = []
+
+
+class _RecordingPGD(attacks.PGD):
+    """PGD that records the start point it is handed."""
+
+    def __call__(self, model, x, y, *, threat, target=None, generator=None, init=None):  # type: ignore[override]
+        INITS.append(None if init is None else init.clone())
+        return super().__call__(model, x, y, threat=threat, target=target, generator=generator, init=init)
+
+
+@pytest.mark.parametrize("from_peers", [True, False])
+def test_a_cascade_attack_can_start_from_its_peers_best_points(from_peers):
+    x, y, clf = _data()
+    first = AttackSpec(attacks.FGSM(), "linf", [0.02], name="first")
+    second = AttackSpec(
+        _RecordingPGD(steps=2, step_size=1e-4),
+        "linf",
+        [0.02],
+        name="second",
+        after=["first"],
+        start_from_peers=from_peers,
+    )
+    INITS.clear()
+    ev = evasion.evaluate(clf, (x, y), [first, second], self_check=False)
+    fgsm = attacks.FGSM()(clf, x, y, threat=evasion.ThreatModel("linf", 0.02))
+    left = (~fgsm.success).nonzero()[:, 0]
+    assert 0 < left.numel() < len(y)
+    (init,) = INITS
+    assert init is not None and init.shape[0] == left.numel()
+    if from_peers:  # the FGSM points of the samples FGSM left (its only peer at the first epsilon)
+        assert torch.allclose(init, fgsm.adversarial[left])
+    else:  # the random start an independent run would give them
+        assert not torch.allclose(init, fgsm.adversarial[left])
+    assert ev.specs["second"].start_from_peers is from_peers
+
+
+def test_start_from_peers_needs_peers_and_changes_the_fingerprint():
+    with pytest.raises(ConfigError, match="runs after no attack"):
+        AttackSpec(attacks.PGD(), "linf", [0.1], name="b", start_from_peers=True)
+    a = AttackSpec(attacks.PGD(), "linf", [0.1], name="b", after=["a"])
+    b = AttackSpec(attacks.PGD(), "linf", [0.1], name="b", after=["a"], start_from_peers=True)
+    assert a.fingerprint() != b.fingerprint()

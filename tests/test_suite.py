@@ -102,6 +102,8 @@ def test_detector_suite_adds_the_threshold_aware_dynamic_adversary():
         for s in dynamic:
             assert isinstance(s.attack, DynamicAdversary) and s.attack.detector_loss == "hinge"
             assert s.name == f"dynamic-hinge-{s.attack.sigma:g}-{norm}"
+            # it starts where the earlier attacks of the cascade got closest
+            assert s.start_from_peers and f"apgd-margin-{norm}" in s.after
         assert len({s.attack.sigma for s in dynamic}) == len(dynamic)
     assert not any(isinstance(s.attack, DeepFool) for s in specs.values())
     reject = set(_by_name(default_suite(_reject(), GRIDS)))

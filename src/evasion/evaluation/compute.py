@@ -371,7 +371,7 @@ def run_budget(
         todo[part.rows] = False
     rows = todo.nonzero()[:, 0]
     if rows.numel():
-        if spec.role == "self-check":
+        if spec.role == "self-check" or (spec.start_from_peers and peers):
             init: Tensor | None = _best_start(model, batch, rows, [state, *peers])
             extra[rows] += len(peers) + 1
         else:

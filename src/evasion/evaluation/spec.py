@@ -67,6 +67,11 @@ class AttackSpec:
             epsilon it attacks only the samples none of them broke, and records theirs as
             broken (source ``"peer"``), so its curve is the worst case of the cascade so far.
             Much cheaper than independent runs when the earlier attacks break most points.
+        start_from_peers: start each sample at the best point (highest reject-aware margin) of
+            the attacks it runs ``after`` and of its own previous epsilon, as the self-check
+            does, instead of a random or warm start: a later attack of a cascade then continues
+            where the earlier ones got closest (e.g. a detector-aware objective from the points
+            a class-margin attack found).
         role: ``"self-check"`` for the re-attack ``evaluate`` adds per norm (not for users):
             it runs after every untargeted attack of its norm, from their best points.
     """
@@ -83,6 +88,7 @@ class AttackSpec:
     models: Sequence[str] | None = None
     after: Sequence[str] = ()
     role: Role = "attack"
+    start_from_peers: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, Attack):
@@ -99,7 +105,7 @@ class AttackSpec:
         if not isinstance(name, str) or not name.strip() or name == "clean":
             raise ConfigError(f"an attack name must be a non-empty string other than 'clean', got {name!r}")
         object.__setattr__(self, "name", name)
-        for flag in ("targeted", "warm_start"):
+        for flag in ("targeted", "warm_start", "start_from_peers"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.targeted and self.targets is None:
@@ -125,6 +131,10 @@ class AttackSpec:
         object.__setattr__(self, "after", tuple(self.after))
         if name in self.after:
             raise ConfigError(f"attack {name!r} cannot run after itself")
+        if self.start_from_peers and not self.after:
+            raise ConfigError(
+                f"attack {name!r} starts from its peers' points but runs after no attack (after=[])"
+            )
         if self.role not in ("attack", "self-check"):
             raise ConfigError(f"role must be 'attack' or 'self-check', got {self.role!r}")
         if self.warm_steps is not None:
@@ -194,6 +204,7 @@ class AttackSpec:
             models=tuple(self.models or ()),
             role=self.role,
             after=tuple(self.after),
+            start_from_peers=self.start_from_peers,
         )
 
     def fingerprint(self, y: Tensor | None = None) -> str:
@@ -209,6 +220,8 @@ class AttackSpec:
             h.update(repr(part).encode())
         if self.models is not None or self.role != "attack" or self.after:  # older runs keep their digests
             h.update(repr((tuple(self.models or ()), self.role, tuple(self.after))).encode())
+        if self.start_from_peers:
+            h.update(b"start_from_peers")
         for t in (self.mask, None if y is None else self.resolve_targets(y)):
             if t is not None:
                 h.update(repr(tuple(t.shape)).encode())
@@ -232,6 +245,7 @@ class SpecInfo:
     models: tuple[str, ...] = ()  # empty: every model
     role: str = "attack"
     after: tuple[str, ...] = ()
+    start_from_peers: bool = False
 
     def applies_to(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -250,6 +264,7 @@ class SpecInfo:
             "models": list(self.models),
             "role": self.role,
             "after": list(self.after),
+            "start_from_peers": self.start_from_peers,
         }
 
     @classmethod

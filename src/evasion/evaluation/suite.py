@@ -75,12 +75,19 @@ def model_kind(model: Classifier) -> str:
     return "plain"
 
 
-def _cascade(norm: str, epsilons: Sequence[float], named: Sequence[tuple[str, Attack]]) -> list[AttackSpec]:
-    """Specs that run one after the other: each attacks only what the earlier ones left."""
+def _cascade(
+    norm: str, epsilons: Sequence[float], named: Sequence[tuple[str, Attack]], from_peers: Sequence[str] = ()
+) -> list[AttackSpec]:
+    """Specs that run one after the other: each attacks only what the earlier ones left (those
+    named in ``from_peers`` start from the best point the earlier ones found)."""
     out: list[AttackSpec] = []
     for name, attack in named:
+        after = [str(p.name) for p in out]
+        start = name in from_peers and bool(after)
         out.append(
-            AttackSpec(attack, norm, list(epsilons), name=f"{name}-{norm}", after=[str(p.name) for p in out])
+            AttackSpec(
+                attack, norm, list(epsilons), name=f"{name}-{norm}", after=after, start_from_peers=start
+            )
         )
     return out
 
@@ -114,7 +121,9 @@ def default_suite(
                 )
                 for g in sigmas
             ]
-        specs += _cascade(norm, grid, white)
+        # the dynamic adversary starts where the margin attack got closest: a misclassified but
+        # rejected point, from which it trades class margin against the detector's score
+        specs += _cascade(norm, grid, white, from_peers=[n for n, _ in white if n.startswith("dynamic")])
         if kind != "plain":  # the noise baseline sees every point: not part of the cascade
             specs += [
                 AttackSpec(Noise(kind=k), norm, list(grid), name=f"noise-{k}-{norm}")
