@@ -210,3 +210,14 @@ def test_start_from_peers_needs_peers_and_changes_the_fingerprint():
     a = AttackSpec(attacks.PGD(), "linf", [0.1], name="b", after=["a"])
     b = AttackSpec(attacks.PGD(), "linf", [0.1], name="b", after=["a"], start_from_peers=True)
     assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("from_peers", [False, True])
+def test_incomplete_optimisation_is_judged_by_the_self_check_for_attacks_started_from_peers(from_peers):
+    x, y, clf = _data()
+    first = AttackSpec(attacks.FGSM(), "linf", [0.02], name="first")
+    creeping = attacks.PGD(steps=10, step_size=1e-5, random_start=False)  # rises at every step
+    second = AttackSpec(creeping, "linf", [0.02], name="second", after=["first"], start_from_peers=from_peers)
+    ev = evasion.evaluate(clf, (x, y), [first, second], self_check=False)
+    flagged = {c.attack for c in ev.checks if c.code == "incomplete-optimisation"}
+    assert ("second" in flagged) is not from_peers

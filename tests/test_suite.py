@@ -102,14 +102,19 @@ def test_detector_suite_adds_the_threshold_aware_dynamic_adversary():
         for s in dynamic:
             assert isinstance(s.attack, DynamicAdversary) and s.attack.detector_loss == "hinge"
             assert s.name == f"dynamic-hinge-{s.attack.sigma:g}-{norm}"
-            # it starts where the earlier attacks of the cascade got closest
-            assert s.start_from_peers and f"apgd-margin-{norm}" in s.after
+            assert not s.start_from_peers and s.after == (f"apgd-margin-{norm}",)
+        # then the margin again, from the best point of the cascade so far
+        again = specs[f"apgd-margin-from-best-{norm}"]
+        assert isinstance(again.attack, APGD) and again.attack.loss == "margin" and again.start_from_peers
+        assert set(again.after) == {f"apgd-margin-{norm}"} | {s.name for s in dynamic}
         assert len({s.attack.sigma for s in dynamic}) == len(dynamic)
     assert not any(isinstance(s.attack, DeepFool) for s in specs.values())
     reject = set(_by_name(default_suite(_reject(), GRIDS)))
     # no APGD-CE on a detector (it creeps on rejected points without evading), the rest of the
     # reject-option suite, plus the threshold-aware dynamic adversary
-    assert set(specs) - reject == {s for s in specs if s.startswith("dynamic-hinge-")}
+    assert set(specs) - reject == {
+        s for s in specs if s.startswith(("dynamic-hinge-", "apgd-margin-from-best"))
+    }
     assert reject - set(specs) == {"apgd-ce-linf", "apgd-ce-l2"}
     check_applicable(list(specs.values()), {"detected": model})
 
