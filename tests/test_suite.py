@@ -56,7 +56,7 @@ def test_plain_classifier_suite():
         ce, aimed = specs[f"apgd-ce-{norm}"], specs[f"apgd-t-{norm}"]
         assert isinstance(ce.attack, APGD) and ce.attack.loss == "ce" and ce.norm == norm
         # AutoAttack's APGD-T: the targeted DLR loss aimed at runner-ups, untargeted success
-        assert isinstance(aimed.attack, APGD) and aimed.attack.loss == "dlr" and aimed.attack.targets == 3
+        assert isinstance(aimed.attack, APGD) and aimed.attack.loss == "dlr" and aimed.attack.targets == 2
         assert not aimed.targeted and aimed.after == (f"apgd-ce-{norm}",)
         assert ce.grid == tuple(GRIDS[norm])
     assert isinstance(specs["deepfool-l2"].attack, DeepFool) and specs["deepfool-l2"].norm == "l2"
@@ -98,11 +98,14 @@ def test_detector_suite_adds_the_threshold_aware_dynamic_adversary():
         assert specs[f"apgd-margin-{norm}"].attack.loss == "margin"
         assert {f"noise-uniform-{norm}", f"noise-gaussian-{norm}"} <= set(specs)
         dynamic = [s for s in specs.values() if s.name.startswith("dynamic-hinge-") and s.norm == norm]
-        assert dynamic, norm
+        assert bool(dynamic) is (norm == "linf"), norm  # L∞ only by default (SuiteSettings.dynamic_norms)
         for s in dynamic:
             assert isinstance(s.attack, DynamicAdversary) and s.attack.detector_loss == "hinge"
             assert s.name == f"dynamic-hinge-{s.attack.sigma:g}-{norm}"
             assert not s.start_from_peers and s.after == (f"apgd-margin-{norm}",)
+        if norm != "linf":  # in L2 the margin attack alone (the self-check follows it)
+            assert f"apgd-margin-from-best-{norm}" not in specs
+            continue
         # then the margin again, from the best point of the cascade so far
         again = specs[f"apgd-margin-from-best-{norm}"]
         assert isinstance(again.attack, APGD) and again.attack.loss == "margin" and again.start_from_peers
@@ -121,11 +124,18 @@ def test_detector_suite_adds_the_threshold_aware_dynamic_adversary():
 
 def test_suite_settings_size_the_attacks():
     s = SuiteSettings(
-        steps=7, targeted_steps=5, targets=2, dynamic_steps=6, sigmas=(0.3,), deepfool_steps=4, cw_steps=3
+        steps=7,
+        targeted_steps=5,
+        targets=3,
+        dynamic_steps=6,
+        sigmas=(0.3,),
+        dynamic_norms=("linf", "l2"),
+        deepfool_steps=4,
+        cw_steps=3,
     )
     plain = _by_name(default_suite(_plain(), GRIDS, s))
     assert plain["apgd-ce-linf"].attack.steps == 7 and plain["apgd-t-l2"].attack.steps == 5
-    assert plain["apgd-t-l2"].attack.targets == 2
+    assert plain["apgd-t-l2"].attack.targets == 3
     assert plain["deepfool-l2"].attack.steps == 4 and plain["cw-l2"].attack.steps == 3
     detected = _by_name(default_suite(_detected(), GRIDS, s))
     assert [n for n in detected if n.startswith("dynamic")] == [
@@ -157,7 +167,7 @@ def test_suites_restrict_shared_specs_to_their_models():
         assert specs[f"apgd-margin-{norm}"].models == ("r", "d")
         assert specs[f"noise-uniform-{norm}"].models == ("r", "d")
         dyn = [s for s in specs.values() if s.name.startswith("dynamic-hinge-") and s.norm == norm]
-        assert dyn and all(s.models == ("d",) for s in dyn)
+        assert bool(dyn) is (norm == "linf") and all(s.models == ("d",) for s in dyn)
     assert specs["deepfool-l2"].models == ("p",) and specs["cw-l2"].models == ("p",)
     # each model gets exactly its own default suite
     for name, model in models.items():
