@@ -61,10 +61,10 @@ class SuiteSettings:
     """Sizes of the default suite, chosen so that the main job passes its own convergence checks
     on 2 CPU cores in a few minutes (``benchmarks/adaptive.py`` checks that it stays the worst)."""
 
-    steps: int = 50
+    steps: int = 40
     targets: int = 2
-    targeted_steps: int = 50
-    dynamic_steps: int = 50
+    targeted_steps: int = 40
+    dynamic_steps: int = 40
     sigmas: tuple[float, ...] = (0.5,)
     dynamic_norms: tuple[str, ...] = ("linf",)
     cw_steps: int = 100
