@@ -419,3 +419,21 @@ def test_device_argument(digits_mlp: models.Classifier) -> None:
         assert torch.equal(
             clf.predict(torch.zeros(2, 1, 8, 8)).cpu(), digits_mlp.predict(torch.zeros(2, 1, 8, 8))
         )
+
+
+def test_first_use_training_logs_every_epoch(tmp_path, monkeypatch, caplog):
+    """A first-use model trains with a line per epoch: a log never goes quiet for its duration."""
+    import logging
+
+    from evasion.models import zoo
+    from evasion.models.architectures import small
+
+    monkeypatch.setenv("EVASION_CACHE", str(tmp_path))
+    recipe = zoo.Recipe("digits-mlp-tiny", "digits", small.digits_mlp, epochs=2, lr=5e-3, batch_size=256)
+    with caplog.at_level(logging.INFO, logger="evasion.models.zoo"):
+        zoo.trained_module(recipe)
+    lines = [r.getMessage() for r in caplog.records if ": epoch" in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == [
+        "'digits-mlp-tiny': epoch 1/2",
+        "'digits-mlp-tiny': epoch 2/2",
+    ]

@@ -115,6 +115,14 @@ def _train(recipe: Recipe) -> tuple[nn.Module, dict[str, Any]]:
         augment_shift=recipe.augment_shift,
         device="cpu",
         num_threads=recipe.num_threads,
+        progress=lambda epoch, loss: logger.info(
+            "%r: epoch %d/%d, loss %.4f (%.0f s)",
+            recipe.name,
+            epoch,
+            recipe.epochs,
+            loss,
+            time.perf_counter() - start,
+        ),
     )
     seconds = time.perf_counter() - start
     test_accuracy = accuracy(module, test)
