@@ -68,8 +68,8 @@ class SuiteSettings:
     sigmas: tuple[float, ...] = (0.5,)
     dynamic_norms: tuple[str, ...] = ("linf",)
     cw_steps: int = 100
-    cw_binary_search_steps: int = 3
-    cw_initial_const: float = 5.0
+    cw_binary_search_steps: int = 2
+    cw_initial_const: float = 10.0
     deepfool_steps: int = 50
 
 
