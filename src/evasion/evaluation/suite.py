@@ -179,7 +179,7 @@ def self_check_specs(
     specs: Sequence[AttackSpec], *, factor: int = 2, max_steps: int = 200
 ) -> list[AttackSpec]:
     """One self-check per norm: APGD on the reject-aware margin loss with ``factor`` times the
-    steps of the norm's longest attack (20 to ``max_steps``), over the union of the grids, run
+    steps of the norm's longest fixed-budget attack (20 to ``max_steps``), over the union of the grids, run
     after the norm's untargeted attacks on the points none of them broke, from their best point.
     """
     out = []
