@@ -42,7 +42,7 @@ from ..attacks import FGSM, PGD, Attack
 from ..datasets.base import Dataset
 from ..errors import ConfigError, InputError
 from ..models.classifier import Classifier, eval_mode
-from ..models.training import random_shift
+from ..models.training import _threads, random_shift
 from ..perturbations import direction, project
 from ..threat_model import ThreatModel
 from .checkpoint import CheckpointDir
@@ -238,19 +238,6 @@ def _kept_modes(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _lr_factor(schedule: str, step: int, total: int) -> float:
