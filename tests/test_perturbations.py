@@ -91,6 +91,60 @@ def test_l0_projection_keeps_largest_changes():
     assert torch.allclose((out - x).flatten(), torch.tensor([0, -0.4, 0.3, 0, 0, 0], dtype=torch.float64))
 
 
+def test_l0_counts_pixels_not_channels():
+    delta = torch.zeros(3, 3, 4, 4)
+    delta[0, :, 1, 2] = torch.tensor([0.1, -0.2, 0.3])  # one pixel, all three channels
+    delta[1, 2, 0, 0] = 0.5  # one channel of one pixel
+    delta[1, 0, 3, 3] = -0.1  # and another pixel
+    assert torch.equal(norm(delta, "l0"), torch.tensor([1.0, 2.0, 0.0]))
+    flat = torch.tensor([[0.0, 1.0, -2.0], [0.0, 0.0, 0.0]])  # not (N, C, H, W): coordinates
+    assert torch.equal(norm(flat, "l0"), torch.tensor([2.0, 0.0]))
+
+
+def _reference_l0(v, x, k, lo, hi):
+    """Brute force: the closest point among all choices of k pixels moved (box-clipped)."""
+    import itertools
+
+    pixels = [(h, w) for h in range(x.shape[1]) for w in range(x.shape[2])]
+    target = torch.clamp(v, lo, hi)
+    best, best_dist = x.clone(), math.inf
+    for chosen in itertools.combinations(pixels, min(k, len(pixels))):
+        z = x.clone()
+        for h, w in chosen:
+            z[:, h, w] = target[:, h, w]
+        dist = float((z - v).square().sum())
+        if dist < best_dist - 1e-12:
+            best, best_dist = z, dist
+    return best, best_dist
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_l0_projection_is_exact_on_colour_pixels(seed):
+    x, v, _, lo, hi, mask = _problem(seed, n=3)
+    x, v, lo, hi, mask = (t[:, :, :3, :3] for t in (x, v, lo, hi, mask))  # 9 pixels, 2 channels
+    for k in (0, 1, 2, 4):
+        out = project(v, x, float(k) + 0.7, "l0", lo, hi)  # floor(eps) pixels
+        assert bool((norm(out - x, "l0") <= k).all())
+        assert bool(((out >= lo) & (out <= hi)).all()) and torch.equal(out[~mask], x[~mask])
+        for i in range(3):
+            _, dist = _reference_l0(v[i], x[i], k, lo[i], hi[i])
+            assert float((out[i] - v[i]).square().sum()) == pytest.approx(dist, abs=1e-9)
+    once = project(v, x, 2.0, "l0", lo, hi)
+    assert torch.equal(project(once, x, 2.0, "l0", lo, hi), once)
+
+
+def test_l0_projection_moves_whole_pixels():
+    x = torch.full((1, 3, 1, 3), 0.5, dtype=torch.float64)
+    v = x.clone()
+    v[0, :, 0, 0] = torch.tensor([0.6, 0.6, 0.6])  # small change on every channel: gain 0.03
+    v[0, 1, 0, 1] = 0.9  # large change on one channel: gain 0.16
+    v[0, 2, 0, 2] = 0.65  # gain 0.0225
+    out = project(v, x, 1.0, "l0", torch.zeros_like(x), torch.ones_like(x))
+    assert torch.equal(out, torch.where(torch.arange(3).reshape(1, 1, 1, 3) == 1, v, x))
+    out2 = project(v, x, 2.0, "l0", torch.zeros_like(x), torch.ones_like(x))
+    assert torch.equal(out2[0, :, 0, :2], v[0, :, 0, :2]) and torch.equal(out2[0, :, 0, 2], x[0, :, 0, 2])
+
+
 def test_zero_epsilon_projects_to_x():
     x, v, _, lo, hi, _ = _problem(5)
     for p in ("linf", "l2", "l1"):

@@ -53,8 +53,21 @@ def norm(delta: Tensor, p: str) -> Tensor:
     if p == "l1":
         return flat.abs().sum(dim=1)
     if p == "l0":
-        return (flat != 0).sum(dim=1).to(delta.dtype)
+        return _pixels(delta != 0).sum(dim=1).to(delta.dtype)
     raise UnknownNameError("norm", p, ["linf", "l2", "l1", "l0"])
+
+
+def _pixels(changed: Tensor) -> Tensor:
+    """``(N, pixels)``: whether any channel of each pixel is set.
+
+    L0 counts *pixels*: for images ``(N, C, H, W)`` a pixel is all ``C`` channels at one
+    ``(h, w)`` position (an attacker who changes one colour of a pixel pays as much as one who
+    changes all three, as in Su et al.'s one-pixel attack and JSMA); any other shape counts
+    coordinates.
+    """
+    if changed.dim() == 4:
+        return changed.any(dim=1).reshape(changed.shape[0], -1)
+    return _flat(changed)
 
 
 def project_box(x_adv: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
@@ -67,7 +80,8 @@ def project(
 ) -> Tensor:
     """Closest point to ``x_adv`` in ``{x' : ||x' - x||_p <= epsilon, lower <= x' <= upper}``.
 
-    Exact for every norm (L0: keeps the ``epsilon`` coordinates whose change buys the most).
+    Exact for every norm (L0: keeps the ``epsilon`` pixels, all channels of each, whose change
+    buys the most).
     """
     if not isinstance(epsilon, Tensor) and math.isinf(epsilon):
         return project_box(x_adv, lower, upper)
@@ -86,7 +100,7 @@ def project(
     elif p == "l1":
         mag = _project_l1_magnitudes(a, cap, eps)
     elif p == "l0":
-        mag = _project_l0_magnitudes(a, cap, eps)
+        mag = _project_l0_magnitudes(a, cap, eps, x.shape)
     else:
         raise UnknownNameError("norm", p, ["linf", "l2", "l1", "l0"])
     return x + (torch.sign(d) * mag).reshape(x.shape)
@@ -146,13 +160,22 @@ def _project_l1_magnitudes(a: Tensor, cap: Tensor, eps: Tensor) -> Tensor:
     return torch.where(inside, clipped, mag)
 
 
-def _project_l0_magnitudes(a: Tensor, cap: Tensor, eps: Tensor) -> Tensor:
-    """Keep the k = floor(eps) coordinates whose (box-clipped) change reduces the distance most."""
+def _project_l0_magnitudes(a: Tensor, cap: Tensor, eps: Tensor, shape: torch.Size) -> Tensor:
+    """Keep the k = floor(eps) pixels whose (box-clipped) change reduces the distance most.
+
+    A kept pixel moves every channel to its box-clipped target; its gain is the sum of its
+    channels' gains, so ranking pixels by that sum gives the closest point exactly.
+    """
     clipped = torch.minimum(a, cap)
     gain = a.square() - (a - clipped).square()
-    k = eps.floor().clamp(0, a.shape[1]).long()
-    ranks = torch.argsort(torch.argsort(gain, dim=1, descending=True), dim=1)
-    return torch.where(ranks < k, clipped, torch.zeros_like(clipped))
+    if len(shape) == 4:  # (N, C*H*W) -> per-pixel gain (N, H*W), channels summed
+        gain = gain.reshape(shape).sum(dim=1).reshape(shape[0], -1)
+    k = eps.floor().clamp(0, gain.shape[1]).long()
+    ranks = torch.argsort(torch.argsort(gain, dim=1, descending=True, stable=True), dim=1)
+    keep = ranks < k
+    if len(shape) == 4:
+        keep = keep.reshape(shape[0], 1, shape[2], shape[3]).expand(shape).reshape(shape[0], -1)
+    return torch.where(keep, clipped, torch.zeros_like(clipped))
 
 
 def direction(grad: Tensor, p: str, *, free: Tensor | None = None, l1_fraction: float = 0.01) -> Tensor:
