@@ -8,6 +8,7 @@ into a one-line message and exit code 2 (usage) or 1 (runtime), never a tracebac
 
     EvasionError
     ├── InputError            bad tensors: rank, channels, dtype, range, NaN/inf, labels, targets
+    │   └── AccessError       a black-box attacker asked a victim for more than its access allows
     ├── ConfigError           bad configuration values: epsilon, norm, mask, step size, TOML keys
     ├── UnknownNameError      unknown model, dataset, attack, layer, norm ... (lists the valid ones)
     ├── ModelError            the model misbehaves: wrong output shape, training mode, not fitted
@@ -24,6 +25,7 @@ The classes also derive from the matching built-in (``ValueError``, ``LookupErro
 from __future__ import annotations
 
 __all__ = [
+    "AccessError",
     "ConfigError",
     "DataError",
     "EvasionError",
@@ -47,6 +49,11 @@ class EvasionError(Exception):
 
 class InputError(EvasionError, ValueError):
     """An input tensor (images, labels, targets) is not what the model or attack accepts."""
+
+
+class AccessError(InputError):
+    """A black-box attacker asked a victim for what its access level withholds (scores from a
+    labels-only view, a gradient) or for more queries than its budget."""
 
 
 class ConfigError(EvasionError, ValueError):

@@ -51,6 +51,9 @@ class AttackResult:
             has stopped).
         stats: per-sample diagnostics for the attack-failure checks, e.g. ``zero_grad_steps``
             and ``nonfinite_grad_steps`` (steps whose input gradient was all-zero / not finite).
+        access: what the attacker was allowed to see (:attr:`Attack.access`): ``"gradients"``,
+            ``"scores"``, ``"labels"`` or ``"transfer"``; for the last three ``forwards`` counts
+            the queries each sample used on the victim.
     """
 
     adversarial: Tensor
@@ -64,6 +67,7 @@ class AttackResult:
     minimal_norms: Tensor | None = None
     loss_trace: Tensor | None = None
     stats: dict[str, Tensor] = field(default_factory=dict)
+    access: str = "gradients"
 
     def __len__(self) -> int:
         return int(self.adversarial.shape[0])
@@ -193,6 +197,9 @@ class Attack(ABC):
     #: pushes away from rejection; otherwise it works on the class scores alone and may end on
     #: a rejected point (which is not an evasion)
     reject_aware: ClassVar[bool] = False
+    #: what the attacker sees of the model (:mod:`evasion.access`): ``"gradients"`` (white-box),
+    #: ``"scores"``, ``"labels"``, or ``"transfer"`` (a surrogate's gradients, the victim's labels)
+    access: ClassVar[str] = "gradients"
 
     def __call__(
         self,
@@ -283,6 +290,7 @@ class Attack(ABC):
             threat=problem.threat,
             attack=self.describe(),
             minimal_norms=None,
+            access=self.access,
         )
 
     def result(
@@ -311,6 +319,7 @@ class Attack(ABC):
             minimal_norms=minimal_norms,
             loss_trace=loss_trace,
             stats=stats or {},
+            access=self.access,
         )
 
     @abstractmethod
