@@ -22,8 +22,8 @@ from evasion.models.classifier import REJECT, Classifier
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATTACKS = sorted(attacks.REGISTRY.items())
-EPSILON = {"linf": 0.5, "l2": 1.0, "l1": 1.0}
-WHOLE_BOX = {"linf": 1.0, "l2": 4.0, "l1": 16.0}  # budgets that reach every corner of [0, 1]^16
+EPSILON = {"linf": 0.5, "l2": 1.0, "l1": 1.0, "l0": 1.0}
+WHOLE_BOX = {"linf": 1.0, "l2": 4.0, "l1": 16.0, "l0": 16.0}  # budgets that reach every corner of [0, 1]^16
 
 
 class _RejectToy(nn.Module):
@@ -120,7 +120,7 @@ def test_reject_awareness_is_declared(name: str, cls: type[Attack]) -> None:
     model = RejectToy()
     x, y = _centre()
     assert bool((model.predict(x) == REJECT).all())
-    result = cls()(model, x, y, threat=_threat(cls, "linf" if "linf" in cls.norms else "l2"))
+    result = cls()(model, x, y, threat=_threat(cls, "linf" if "linf" in cls.norms else cls.norms[0]))
     if cls.reject_aware:
         assert bool(result.success.all()) and bool((result.predictions == 1).all())
     else:

@@ -26,8 +26,10 @@ FAST: dict[str, attacks.Attack] = {
     "max-confidence": attacks.MaxConfidence(steps=10),
     "dynamic": attacks.DynamicAdversary(steps=5),
     "noise": attacks.Noise(kind="gaussian", draws=2),
+    "onepixel": attacks.OnePixel(population=20, generations=5),
+    "jsma": attacks.JSMA(gamma=0.5),
 }
-EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0}
+EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0, "l0": 3.0}
 CASES = [(name, p) for name in sorted(FAST) for p in FAST[name].norms]
 
 

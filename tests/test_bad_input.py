@@ -178,6 +178,6 @@ def test_attack_configs_are_validated(make):
 
 def test_unknown_attack_name_lists_valid_ones():
     with pytest.raises(UnknownNameError) as e:
-        attacks.get("jsma")
-    _assert_one_line(e, "unknown attack 'jsma'", "pgd", "deepfool")
+        attacks.get("no-such-attack")
+    _assert_one_line(e, "unknown attack 'no-such-attack'", "pgd", "deepfool")
     assert attacks.get("CW") is attacks.CarliniWagnerL2

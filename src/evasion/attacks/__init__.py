@@ -20,17 +20,21 @@ from .deepfool import DeepFool
 from .dynamic import DynamicAdversary
 from .fgsm import FGSM
 from .iterative import IterativeAttack
+from .jsma import JSMA
 from .loop import LoopSettings, run_loop
 from .losses import LOSSES, LossObjective, Objective, ObjectiveValue
 from .max_confidence import MaxConfidence
 from .mifgsm import MIFGSM
 from .noise import Noise
+from .one_pixel import OnePixel
 from .pgd import PGD
+from .square import Square
 
 __all__ = [
     "APGD",
     "BIM",
     "FGSM",
+    "JSMA",
     "LOSSES",
     "MIFGSM",
     "PGD",
@@ -47,7 +51,9 @@ __all__ = [
     "Noise",
     "Objective",
     "ObjectiveValue",
+    "OnePixel",
     "Problem",
+    "Square",
     "get",
     "make",
     "parameters",
@@ -76,6 +82,7 @@ def get(name: str) -> type[Attack]:
         "mi-fgsm": "mifgsm",
         "cw": "cw-l2",
         "carlini-wagner": "cw-l2",
+        "one-pixel": "onepixel",
     }
     key = aliases.get(key, key)
     if key not in REGISTRY:
@@ -136,3 +143,6 @@ for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, DeepFool, CarliniWagnerL2):
 register(MaxConfidence)
 register(DynamicAdversary)
 register(Noise)
+register(Square)
+register(OnePixel)
+register(JSMA)
