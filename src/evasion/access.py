@@ -131,6 +131,11 @@ class Victim:
         clf, scores = self._query(x)
         return clf.decide(scores)
 
+    def decide(self, scores: Tensor) -> Tensor:
+        """The decisions that scores returned by :meth:`scores` stand for (no query: the argmax
+        rule, with ``REJECT`` where the reject score is the largest)."""
+        return self._classifier().decide(scores)
+
     def __repr__(self) -> str:
         budget = "" if self.max_queries is None else f", max_queries={self.max_queries}"
         return f"Victim(view={self.view!r}, queries={self.queries}{budget})"
