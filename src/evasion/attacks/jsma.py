@@ -2,7 +2,7 @@
 
 Each iteration takes the forward derivatives of the target class score ``Z_t`` and of the sum of
 the other class scores, and moves the pair of pixels ``(p, q)`` that maximises
-``alpha * |beta|`` under ``alpha > 0, beta < 0`` (``alpha``: the pair's effect on ``Z_t``,
+``alpha * |beta|`` under ``alpha > 0, beta <= 0`` (``alpha``: the pair's effect on ``Z_t``,
 ``beta``: on the others) to the end of its box. ``direction="increase"`` is the paper's
 ``theta = +1`` (pixels go to their upper bound), ``"decrease"`` its ``theta = -1``; the default
 ``"both"`` sends each channel to whichever end raises ``Z_t - sum_others`` to first order (a
@@ -108,7 +108,7 @@ class JSMA(Attack):
             step = bound - cur_a.detach()
             alpha, beta = (g_t * step).sum(1), (g_o * step).sum(1)  # (A, pixels)
             movable = (step != 0).any(1) & ~changed[rows]
-            backwards[rows[go]] += 2
+            backwards[rows] += 2  # the backward passes run over the whole batch
             pick = _choose(alpha[go], beta[go], movable[go], left[go], self.max_pair_pixels)
             found = pick[:, 0] >= 0
             sel = rows[go][found]
@@ -143,7 +143,7 @@ def _runner_up(class_scores: Tensor, y: Tensor) -> Tensor:
 def _choose(alpha: Tensor, beta: Tensor, movable: Tensor, left: Tensor, limit: int) -> Tensor:
     """``(A, 2)`` pixels to move per sample (second -1 for a single pixel, both -1: none qualifies).
 
-    The best pair by ``alpha * |beta|`` with ``alpha > 0, beta < 0`` where two pixels fit the
+    The best pair by ``alpha * |beta|`` with ``alpha > 0, beta <= 0`` where two pixels fit the
     budget; otherwise the best single pixel under the same conditions.
     """
     a_n, pixels = alpha.shape
@@ -162,17 +162,26 @@ def _choose(alpha: Tensor, beta: Tensor, movable: Tensor, left: Tensor, limit: i
         sa, sb, so = a[s : s + chunk], b[s : s + chunk], ok[s : s + chunk]
         pa = sa[:, :, None] + sa[:, None, :]
         pb = sb[:, :, None] + sb[:, None, :]
-        valid = (pa > 0) & (pb < 0) & so[:, :, None] & so[:, None, :] & off_diag
-        score = torch.where(valid, pa * -pb, neg).flatten(1)
-        best, idx = score.max(1)
+        valid = (pa > 0) & (pb <= 0) & so[:, :, None] & so[:, None, :] & off_diag
+        best, idx = _salient(pa.flatten(1), pb.flatten(1), valid.flatten(1))
         pair_best.append(best)
         pair_idx.append(idx)
     best, idx = torch.cat(pair_best), torch.cat(pair_idx)
     use_pair = torch.isfinite(best) & (left >= 2)
     out[use_pair, 0] = cand[use_pair].gather(1, (idx[use_pair] // k)[:, None]).squeeze(1)
     out[use_pair, 1] = cand[use_pair].gather(1, (idx[use_pair] % k)[:, None]).squeeze(1)
-    single = torch.where(movable & (alpha > 0) & (beta < 0), alpha * -beta, neg)
-    s_best, s_idx = single.max(1)
+    s_best, s_idx = _salient(alpha, beta, movable & (alpha > 0) & (beta <= 0))
     use_single = ~use_pair & torch.isfinite(s_best)
     out[use_single, 0] = s_idx[use_single]
     return out
+
+
+def _salient(alpha: Tensor, beta: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row, the largest ``alpha * |beta|`` among ``valid`` entries (``-inf`` where none), its
+    index; ties (e.g. ``beta = 0`` where the other scores ignore a pixel) go to ``alpha - beta``."""
+    neg = torch.tensor(-math.inf, dtype=alpha.dtype, device=alpha.device)
+    score = torch.where(valid, alpha * -beta, neg)
+    best = score.amax(1, keepdim=True)
+    tie = valid & (score == best)
+    idx = torch.where(tie, alpha - beta, neg).argmax(1)
+    return best.squeeze(1), idx
