@@ -24,6 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ATTACKS = sorted(attacks.REGISTRY.items())
 EPSILON = {"linf": 0.5, "l2": 1.0, "l1": 1.0, "l0": 1.0}
 WHOLE_BOX = {"linf": 1.0, "l2": 4.0, "l1": 16.0, "l0": 16.0}  # budgets that reach every corner of [0, 1]^16
+#: smaller budgets for query-based attacks whose defaults would dominate the run on samples that
+#: cannot be broken (every assertion here holds at any budget)
+LIGHT: dict[str, dict[str, int]] = {"square": {"queries": 300}}
 
 
 class _RejectToy(nn.Module):
@@ -106,7 +109,7 @@ def test_targeted_support_is_declared(name: str, cls: type[Attack]) -> None:
         with pytest.raises(ConfigError, match="untargeted only"):
             cls()(model, x, y, threat=threat, target=target)
         return
-    result = cls()(model, x, y, threat=threat, target=target)
+    result = cls(**LIGHT.get(name, {}))(model, x, y, threat=threat, target=target)
     assert torch.equal(result.success, result.predictions == target)
     assert bool(result.success.any())
 
@@ -114,9 +117,8 @@ def test_targeted_support_is_declared(name: str, cls: type[Attack]) -> None:
 @pytest.mark.parametrize(("name", "cls"), ATTACKS)
 def test_reject_awareness_is_declared(name: str, cls: type[Attack]) -> None:
     """A reject-aware attack escapes the toy's reject score; one blind to it ends rejected."""
-    if cls.black_box:
-        assert not cls.reject_aware, "a black-box attack has no objective that could see the reject score"
-        return
+    if cls.black_box and not cls.reject_aware:
+        return  # no objective that could see the reject score (noise); score-based ones are tested
     model = RejectToy()
     x, y = _centre()
     assert bool((model.predict(x) == REJECT).all())
