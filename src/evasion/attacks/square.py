@@ -23,7 +23,7 @@ the reject score (untargeted, it counts as the true class; targeted, it is one m
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -61,7 +61,15 @@ def _margin_view(scores: Tensor, y: Tensor, target: Tensor | None, k: int, rejec
     return margin(scores, y, target)
 
 
-def _pyramid(top: Tensor, left: Tensor, side: Tensor, flip: Tensor, shape: tuple[int, int]) -> Tensor:
+def _rings(size: int, device: torch.device) -> Tensor:
+    """``cum[j] = sum_{k < j} 1 / (k + 1)^2`` for ``j = 0 .. size + 2`` (the pyramids' levels)."""
+    weights = 1.0 / torch.arange(1, size + 3, device=device, dtype=torch.float64) ** 2
+    return torch.cat([torch.zeros(1, device=device, dtype=torch.float64), weights.cumsum(0)])
+
+
+def _pyramid(
+    top: Tensor, left: Tensor, side: Tensor, flip: Tensor, shape: tuple[int, int], cum: Tensor
+) -> Tensor:
     """``(n, 1, H, W)``: per sample, two opposite "pyramids" filling the square at (top, left).
 
     The square of side ``s`` is split into two halves (across rows, or columns where ``flip``);
@@ -84,9 +92,7 @@ def _pyramid(top: Tensor, left: Tensor, side: Tensor, flip: Tensor, shape: tuple
     length = torch.where(first, half, s - half)
     d = torch.maximum((a_rel - length // 2).abs(), (b - s // 2).abs())
     k = s // 2 + 1  # rings 0 .. k-1
-    levels = int(max(h, w)) + 2
-    weights = 1.0 / torch.arange(1, levels + 1, device=dev, dtype=torch.float64) ** 2
-    cum = torch.cat([torch.zeros(1, device=dev, dtype=torch.float64), weights.cumsum(0)])
+    levels = cum.numel() - 1
     value = (cum[k.clamp(max=levels)] - cum[d.clamp(0, levels)]).clamp_min(0.0)
     value = torch.where(first, value, -value) * inside
     size = value.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -106,6 +112,17 @@ class _Search:
     left: Tensor
     height: Tensor
     width: Tensor
+    #: row and column indices ``(1, H)``, ``(1, W)``, and the pyramids' level table
+    row_index: Tensor = field(init=False, repr=False)
+    col_index: Tensor = field(init=False, repr=False)
+    cum: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        h, w = self.problem.x.shape[2:]
+        dev = self.problem.x.device
+        self.row_index = torch.arange(h, device=dev)[None, :]
+        self.col_index = torch.arange(w, device=dev)[None, :]
+        self.cum = _rings(max(h, w), dev)
 
     @classmethod
     def of(cls, problem: Problem, victim: Victim) -> _Search:
@@ -144,8 +161,8 @@ class _Search:
     def _corner(self, rows: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
         """A uniformly random top-left corner of a square of ``side`` inside each bounding box."""
         u = self._rand(2, int(rows.numel()))
-        top = self.top[rows] + (u[0] * (self.height[rows] - side + 1)).long().clamp_min(0)
-        left = self.left[rows] + (u[1] * (self.width[rows] - side + 1)).long().clamp_min(0)
+        top = self.top[rows] + (u[0] * (self.height[rows] - side + 1)).long()
+        left = self.left[rows] + (u[1] * (self.width[rows] - side + 1)).long()
         return top, left
 
     def _side(self, rows: Tensor, p: float) -> Tensor:
@@ -160,10 +177,7 @@ class _Search:
 
     def _window(self, top: Tensor, left: Tensor, side: Tensor) -> Tensor:
         """``(n, 1, H, W)`` boolean masks of the squares."""
-        h, w = self.problem.x.shape[2:]
-        dev = top.device
-        r = torch.arange(h, device=dev)[None, :]
-        c = torch.arange(w, device=dev)[None, :]
+        r, c = self.row_index, self.col_index
         in_r = (r >= top[:, None]) & (r < (top + side)[:, None])
         in_c = (c >= left[:, None]) & (c < (left + side)[:, None])
         return (in_r[:, :, None] & in_c[:, None, :])[:, None]
@@ -197,7 +211,7 @@ class _Search:
             for j in range(int(across.max())):
                 valid = ((i < down) & (j < across)).to(x.dtype)[:, None, None, None]
                 flip = self._rand(n) < 0.5
-                pattern = _pyramid(off_r + i * block, off_c + j * block, block, flip, (h, w))
+                pattern = _pyramid(off_r + i * block, off_c + j * block, block, flip, (h, w), self.cum)
                 delta += valid * pattern.to(x.dtype) * self._signs(n, ch)
         free = self._free(rows)
         if free is not None:
@@ -216,8 +230,16 @@ class _Search:
         x = self.problem.x[rows]
         top, left = self._corner(rows, side)
         window = self._window(top, left, side)
-        corner = x + self.epsilon * self._signs(x.shape[0], x.shape[1])
-        return self.project(torch.where(window, corner, current), rows)
+        signs = self._signs(x.shape[0], x.shape[1])
+        cand = self.project(torch.where(window, x + self.epsilon * signs, current), rows)
+        # the window already holds these signs (or the box clips them away): the opposite signs
+        # change every free pixel of it (the paper redraws the signs until something changes)
+        same = ~(cand != current).flatten(1).any(dim=1)
+        if bool(same.any()):
+            k = same.nonzero()[:, 0]
+            flipped = torch.where(window[k], x[k] - self.epsilon * signs[k], current[k])
+            cand[k] = self.project(flipped, rows[k])
+        return cand
 
     def _l2_step(self, rows: Tensor, current: Tensor, side: Tensor) -> Tensor:
         x = self.problem.x[rows]
@@ -232,7 +254,8 @@ class _Search:
         mass = perturbation_norm(delta * both, "l2") ** 2  # what the two windows hold now
         old = delta * w1
         old = old / old.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None]
-        pattern = _pyramid(top1, left1, side, self._rand(n) < 0.5, (h, w)).to(x.dtype) * self._signs(n, ch)
+        flip = self._rand(n) < 0.5
+        pattern = _pyramid(top1, left1, side, flip, (h, w), self.cum).to(x.dtype) * self._signs(n, ch)
         free = self._free(rows)
         if free is not None:
             pattern = pattern * free
