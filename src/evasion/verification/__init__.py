@@ -1,10 +1,14 @@
 """Certified lower bounds beside the attacks' upper bounds: IBP, CROWN and exact MILP verification.
 
 ``certified accuracy (proof) <= true robust accuracy <= accuracy under the strongest attack``.
+:func:`certify` proves per sample that no adversarial example exists in the threat's ball (or,
+for ``milp``, finds one); :func:`~.bounds.ibp_bounds` gives the interval bounds IBP training uses.
 """
 
 from __future__ import annotations
 
 from .bounds import ibp_bounds, margin_lower_from_bounds
+from .certificate import METHODS, Certificate, certify
+from .crown import Domain
 
-__all__ = ["ibp_bounds", "margin_lower_from_bounds"]
+__all__ = ["METHODS", "Certificate", "Domain", "certify", "ibp_bounds", "margin_lower_from_bounds"]
