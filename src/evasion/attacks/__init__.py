@@ -29,6 +29,8 @@ from .noise import Noise
 from .one_pixel import OnePixel
 from .pgd import PGD
 from .square import Square
+from .substitute import Substitute
+from .universal import Universal, UniversalPerturbation
 
 __all__ = [
     "APGD",
@@ -54,6 +56,9 @@ __all__ = [
     "OnePixel",
     "Problem",
     "Square",
+    "Substitute",
+    "Universal",
+    "UniversalPerturbation",
     "get",
     "make",
     "parameters",
@@ -144,5 +149,6 @@ register(MaxConfidence)
 register(DynamicAdversary)
 register(Noise)
 register(Square)
+register(Substitute)
 register(OnePixel)
 register(JSMA)

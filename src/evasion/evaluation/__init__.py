@@ -23,6 +23,7 @@ from .protocols import Engine, ProgressEvent, Setup, Sink
 from .records import SOURCES, Cell, CellOutput, CleanRecord, Record
 from .result import Evaluation, Example
 from .spec import AttackSpec, SpecInfo, check_epsilons
+from .transfer import TransferMatrix, transferability
 
 __all__ = [
     "CHECKS",
@@ -43,6 +44,8 @@ __all__ = [
     "Sink",
     "SpecInfo",
     "Task",
+    "TransferMatrix",
     "check_epsilons",
     "evaluate",
+    "transferability",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..evaluation.detectability import DetectabilityMatrix
 from ..reports.html import GridCell, Page
-from ..reports.plots import figure, pyplot, to_svg
+from ..reports.plots import figure, heatmap, pyplot, to_svg
 from .detector_records import AcceptanceItem, DetectorResults, Example, StaticRow, SweepRow
 
 __all__ = ["acceptance", "interpretation", "render", "worst_sigma"]
@@ -258,25 +258,7 @@ def _fig_depth(results: DetectorResults) -> str:
 
 
 def _heat(ax: Any, m: DetectabilityMatrix, xlabel: str, ylabel: str) -> None:
-    v = np.asarray(m.values)
-    ax.imshow(v, vmin=0.5, vmax=1.0, cmap="viridis")
-    ax.grid(False)
-    ax.set_xticks(range(len(m.columns)), m.columns, rotation=30, fontsize=7)
-    ax.set_yticks(range(len(m.rows)), m.rows, fontsize=7)
-    for i in range(v.shape[0]):
-        for j in range(v.shape[1]):
-            ax.text(
-                j,
-                i,
-                f"{v[i, j]:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="w" if v[i, j] < 0.8 else "k",
-            )
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(m.title, fontsize=9)
+    heatmap(ax, m.values, m.rows, m.columns, xlabel=xlabel, ylabel=ylabel, title=m.title, vmin=0.5)
 
 
 def _fig_fig3(results: DetectorResults) -> str:

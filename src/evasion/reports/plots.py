@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import MissingDependencyError
 
-__all__ = ["figure", "pyplot", "to_svg"]
+__all__ = ["figure", "heatmap", "pyplot", "to_svg"]
 
 
 def pyplot() -> Any:
@@ -45,3 +47,36 @@ def to_svg(fig: Any) -> str:
     text = buf.getvalue()
     text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF metadata with remote URIs
     return text[text.find("<svg") :]
+
+
+def heatmap(
+    ax: Any,
+    values: Sequence[Sequence[float]],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> None:
+    """Draw a matrix as an annotated heat map on ``ax`` (rows on the y axis, NaN shown as "-").
+
+    Shared by every row-by-column record: detector generalisation matrices (trained on x tested
+    on), transferability matrices (crafted on x evaluated on).
+    """
+    v = [[float(c) for c in row] for row in values]
+    ax.imshow(v, vmin=vmin, vmax=vmax, cmap="viridis")
+    ax.grid(False)
+    ax.set_xticks(range(len(columns)), list(columns), rotation=30, fontsize=7)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
+    dark = vmin + 0.6 * (vmax - vmin)  # light text on the dark end of viridis
+    for i, row in enumerate(v):
+        for j, c in enumerate(row):
+            text = "-" if math.isnan(c) else f"{c:.2f}"
+            colour = "w" if math.isnan(c) or c < dark else "k"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
