@@ -194,9 +194,18 @@ def build(config: Config, device: torch.device) -> tuple[dict[str, Classifier], 
     """Resolve every name of a config (data, models, defences, attacks) before anything runs.
 
     A config without ``[[attacks]]`` gets each model's default suite over its ``[epsilons]``
-    (:func:`evasion.evaluation.suite.suites`)."""
+    (:func:`evasion.evaluation.suite.suites`); with ``[run] default_suite = true`` its
+    ``[[attacks]]`` are added to the default suites."""
     data = dataset(config)
     clfs = {mc.name: model(mc, device, config) for mc in config.models}
-    specs = attack_specs(config, data) if config.attacks else suites(clfs, config.epsilons)
+    specs = attack_specs(config, data) if config.attacks else []
+    if config.run.default_suite or not config.attacks:
+        suite = suites(clfs, config.epsilons)
+        taken = sorted({str(s.name) for s in suite} & {str(s.name) for s in specs})
+        if taken:
+            raise ConfigError(
+                f"attack name {taken[0]!r} is taken by the default suite; name the attack otherwise"
+            )
+        specs = suite + specs
     check_applicable(specs, clfs)
     return clfs, data, specs

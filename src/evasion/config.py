@@ -3,7 +3,8 @@ the inputs of evaluate()).
 
 Every key is checked: an unknown key or a bad value is a :class:`ConfigError` that names the
 key (``attacks[2].params.stpes``) and the value. The embedded default (``evasion evaluate`` with no
-config) lives in ``evasion/configs/default.toml``. :meth:`Config.to_toml` writes the resolved
+config) lives in ``evasion/configs/default.toml``; the other embedded configs there are loaded by
+name (``evasion evaluate thorough``: the default plus the Square attack). :meth:`Config.to_toml` writes the resolved
 config (defaults filled in, every attack with its name and epsilons) saved with each run.
 """
 
@@ -25,6 +26,7 @@ from .evaluation.spec import default_name
 from .threat_model import NORMS, ThreatModel
 
 __all__ = [
+    "EMBEDDED_CONFIGS",
     "AttackConfig",
     "Config",
     "DataConfig",
@@ -106,6 +108,8 @@ class RunConfig:
     batch_size: int = 256
     device: str = "auto"
     self_check: bool = True
+    #: run each model's default attack suite even when [[attacks]] are given (they are added to it)
+    default_suite: bool = False
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> RunConfig:
@@ -116,6 +120,9 @@ class RunConfig:
             batch_size=_int("run.batch_size", t.get("batch_size", cls.batch_size), 1),
             device=_type("run.device", t.get("device", cls.device), str, "a device name"),
             self_check=_type("run.self_check", t.get("self_check", cls.self_check), bool, "true or false"),
+            default_suite=_type(
+                "run.default_suite", t.get("default_suite", cls.default_suite), bool, "true or false"
+            ),
         )
 
 
@@ -304,6 +311,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
             "the config has no [[attacks]] and no [epsilons]: give the epsilon grids of the default "
             "attack suite (e.g. [epsilons] linf = [0.1, 0.2]) or list [[attacks]]"
         )
+    run = RunConfig.parse(top.get("run", {}))
+    if run.default_suite and not grids:
+        raise ConfigError("run.default_suite = true needs the [epsilons] grids of the default attack suite")
     models = tuple(ModelConfig.parse(m, f"models[{i}]") for i, m in enumerate(models_raw))
     attacks = tuple(AttackConfig.parse(a, f"attacks[{i}]", grids) for i, a in enumerate(attacks_raw))
     names = {m.name for m in models}
@@ -318,7 +328,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         if dup:
             raise ConfigError(f"two {kind}s are named {dup[0]!r}; names must be unique")
     return Config(
-        RunConfig.parse(top.get("run", {})),
+        run,
         DataConfig.parse(top.get("data", {})),
         models,
         attacks,
@@ -329,6 +339,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
 
 #: the embedded default config, shipped inside the package
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.toml"
+#: every embedded config by name (``evasion evaluate NAME``): ``default``, ``thorough``
+EMBEDDED_CONFIGS: dict[str, Path] = {p.stem: p for p in sorted(DEFAULT_CONFIG.parent.glob("*.toml"))}
 
 
 def default_config_text() -> str:
@@ -337,16 +349,23 @@ def default_config_text() -> str:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate a TOML config file (``None``: the embedded default)."""
+    """Read and validate a TOML config file (``None``: the embedded default; the name of an
+    embedded config, e.g. ``"thorough"``, where no such file exists: that config)."""
     tomllib = _toml()
+    embedded = str(path) if path is not None and str(path) in EMBEDDED_CONFIGS else None
+    if embedded is not None and Path(embedded).is_file():  # a file of that name wins
+        embedded = None
     if path is None:
         text, source = default_config_text(), "<default>"
+    elif embedded is not None:
+        text, source = EMBEDDED_CONFIGS[embedded].read_text(encoding="utf-8"), f"<{embedded}>"
     else:
         p = Path(path).expanduser()
         if not p.is_file():
             where = "" if p.is_absolute() else f" (looked in {Path.cwd()})"  # relative to the caller's folder
             what = "does not exist" if not p.exists() else "is not a file"
-            raise ConfigError(f"config file {p} {what}{where}")
+            names = ", ".join(EMBEDDED_CONFIGS)
+            raise ConfigError(f"config file {p} {what}{where}; embedded configs by name: {names}")
         try:
             text, source = p.read_text(encoding="utf-8"), str(p)
         except (OSError, UnicodeDecodeError) as exc:

@@ -40,7 +40,13 @@ def add_parser(sub: Any) -> None:
         "re-attacks what every attack left ([run] self_check = false turns it off). "
         "Re-running the same command resumes an interrupted run and computes only what is new.",
     )
-    p.add_argument("config", nargs="?", type=Path, help="TOML config (default: the embedded default)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        help="TOML config, or the name of an embedded one: default, thorough (the default suites plus "
+        "the Square attack, 5000 queries; much slower) (default: the embedded default)",
+    )
     p.add_argument("--out", type=Path, help="run folder (default: runs/<run.name>)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="where cells run")
     p.add_argument("--address", help="Ray cluster address for --engine ray (default: a local instance)")

@@ -126,9 +126,9 @@ def make_plan(
                 tasks += [Task(searches[s.name][b], state=clean[b].key) for b in batches]
             for s in minimum + _cascade_order([s for s in group if not s.minimum_norm]):
                 previous = {b: clean[b].key for b in batches}
-                donors = (
+                donors = (  # a black-box attack takes no white-box attack's points
                     [m for m in minimum if m is not s and _reusable(m)]
-                    if reuse_minimal and _reusable(s)
+                    if reuse_minimal and _reusable(s) and not s.black_box
                     else []
                 )
                 before = [p for p in group if p.name in s.after]

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..evaluation import CHECKS, Evaluation, Example, SecurityCurve
+from ..evaluation import CHECKS, SOURCES, Evaluation, Example, SecurityCurve
 from .html import GridCell, Page
 from .plots import figure, to_svg
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["black_box_queries", "build_report", "write_report"]
 
 _DOCS = "docs/attack-failure-checks.md"
 
@@ -97,6 +97,33 @@ def minimal_norm_figure(ev: Evaluation, model: str, names: Sequence[str]) -> str
     return to_svg(fig)
 
 
+def black_box_queries(ev: Evaluation, model: str, attack: str) -> np.ndarray:
+    """Queries ``attack`` made on each sample it attacked, summed over the epsilons at which it
+    attacked it (the evaluator's own re-verification forward of each cell not counted)."""
+    table = ev.attack_columns.get((model, attack), {})
+    attacked = SOURCES.index("attack")
+    index, spent = [], []
+    for c in table.values():
+        mine = c["source"] == attacked
+        index.append(c["index"][mine])
+        spent.append(np.maximum(c["forwards"][mine] - 1, 0))
+    if not index or not sum(len(i) for i in index):
+        return np.zeros(0, dtype=np.int64)
+    keys, inverse = np.unique(np.concatenate(index), return_inverse=True)
+    total = np.zeros(len(keys), dtype=np.int64)
+    np.add.at(total, inverse, np.concatenate(spent))
+    return total
+
+
+def _queries_rows(ev: Evaluation, model: str, names: Sequence[str]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for name in names:
+        q = black_box_queries(ev, model, name)
+        if len(q):
+            rows.append([name, len(q), f"{float(np.median(q)):g}", int(q.max())])
+    return rows
+
+
 # -- sections --------------------------------------------------------------------------------------
 def _curve_rows(curves: Sequence[SecurityCurve], ev: Evaluation, model: str) -> list[list[object]]:
     rows: list[list[object]] = []
@@ -149,7 +176,16 @@ def _model_section(page: Page, ev: Evaluation, model: str) -> None:
                 "with `after` run as a cascade: each curve is the worst case of the attacks up to it.",
                 css="note",
             )
-        noise = _noise_statement(ev, model, [c for c in curves if ev.specs[c.attack].black_box], curves)
+        black = [s.name for s in specs if s.black_box]
+        queries = _queries_rows(ev, model, black)
+        if queries:
+            page.paragraph(
+                "Queries per sample of the black-box attacks (forward passes of the model, the only "
+                "access they have), over the samples each attacked, all epsilons together.",
+                css="note",
+            )
+            page.table(["black-box attack", "samples attacked", "median queries", "max queries"], queries)
+        noise = _noise_statement(ev, model, [c for c in curves if ev.specs[c.attack].kind == "noise"], curves)
         if noise:
             page.paragraph(noise)
         minimal = [s.name for s in specs if s.minimum_norm]
@@ -168,7 +204,9 @@ def _noise_statement(
 ) -> str:
     """What the noise baseline says about a defence that rejects: does it flag random noise of the
     attacks' size as often as it rejects the attacks' points?"""
-    attacks = [c for c in curves if not ev.specs[c.attack].black_box and ev.specs[c.attack].role == "attack"]
+    attacks = [
+        c for c in curves if ev.specs[c.attack].kind != "noise" and ev.specs[c.attack].role == "attack"
+    ]
     if not noise or not attacks or not any(r > 0 for c in noise for r in c.rejected[1:]):
         return ""
     # the attacks' detection rate at a budget: the most of any attack's points the defence rejected
