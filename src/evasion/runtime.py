@@ -51,6 +51,7 @@ __all__ = [
     "free_threads",
     "parse_threads",
     "rebalance",
+    "resolve_device",
     "restore",
 ]
 
@@ -251,3 +252,45 @@ def restore() -> None:
         torch.set_num_threads(_active.previous)
     _active = None
     _state.clear()
+
+
+def _devices_here() -> list[str]:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """A device that exists on this machine, or a one-line ConfigError naming the ones there are.
+
+    ``"auto"`` picks the first CUDA device when there is one; ``None`` stays ``None`` (the
+    caller's default). ``cuda`` means the current CUDA device; ``cuda:7`` on a machine with one
+    GPU is refused here rather than deep inside torch at the first tensor copy.
+    """
+    if device is None:
+        return None
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (here: {', '.join(_devices_here())})"
+        ) from None
+    here = ", ".join(_devices_here())
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device {str(device)!r} requested but this machine has no CUDA device (here: {here})"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {str(device)!r} does not exist; devices here: {here}")
+    elif dev.type == "mps" and "mps" not in _devices_here():
+        raise ConfigError(f"device {str(device)!r} is not available; devices here: {here}")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {str(device)!r} is not supported; devices here: {here}")
+    return dev

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from .. import runtime
-from ..errors import ConfigError
 from ..progress import LineProgress, ProgressBar, SessionRate, duration
 
 __all__ = ["ProgressBar", "environment", "pick_device", "progress", "rich_progress", "write_json"]
@@ -28,15 +27,9 @@ log = logging.getLogger("evasion")
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; an unavailable CUDA device is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
+    """``auto`` picks CUDA when available; a device this machine lacks is a one-line error."""
+    device = runtime.resolve_device(name)
+    assert device is not None
     return device
 
 

@@ -217,12 +217,14 @@ class Detector(nn.Module):
         store: list[Tensor] = []
         clf = self.classifier
         with self._capture(store, stop=True), eval_mode(clf.module), eval_mode(clf.preprocess):
-            clf.module(clf.preprocess(x))
+            clf.module(clf.module_input(x))
         return _single(store, self.layer)
 
     def head(self, features: Tensor) -> Tensor:
         """The detector's logit of ``p_adv`` for precomputed features of the attached layer."""
-        return detector_logit(self.net(features))
+        dtype = next((t.dtype for t in self.net.parameters() if t.is_floating_point()), features.dtype)
+        logit = detector_logit(self.net(features.to(dtype)))
+        return logit.float() if logit.dtype in (torch.bfloat16, torch.float16) else logit
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from .. import _validation as check
@@ -89,9 +88,10 @@ def _specs(attacks: AttackSpec | Sequence[AttackSpec]) -> dict[str, AttackSpec]:
 
 
 def _weight_bytes(t: Tensor) -> bytes:
-    """A tensor's bytes on the CPU; dtypes numpy lacks (bfloat16, float8) as float32 values."""
+    """A tensor's bytes on the CPU; floats narrower than 32 bits (float16, bfloat16, float8) as
+    float32 values, so equal weights hash equally whatever their dtype and device."""
     t = t.detach().cpu()
-    if t.is_floating_point() and (t.dtype == torch.bfloat16 or t.element_size() == 1):
+    if t.is_floating_point() and t.element_size() < 4:
         t = t.float()
     return t.contiguous().numpy().tobytes()
 

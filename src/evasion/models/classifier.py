@@ -100,10 +100,21 @@ class Classifier(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Class scores ``(N, num_classes)`` for pixel-space inputs ``x``."""
+        """Class scores ``(N, num_classes)`` for pixel-space inputs ``x``.
+
+        Mixed precision: inputs stay float32 (the threat model's maths, projections and
+        norms are float32); they are cast to the module's dtype (e.g. bfloat16) on the way in,
+        and the scores come back as float32, so losses and margins are computed in float32.
+        """
         with eval_mode(self.module), eval_mode(self.preprocess):
-            out = self.module(self.preprocess(x))
-        return self.check_scores(out)
+            out = self.module(self.module_input(x))
+        return self.check_scores(out).float() if _low_precision(out) else self.check_scores(out)
+
+    def module_input(self, x: Tensor) -> Tensor:
+        """``x`` preprocessed and cast to the module's floating dtype (a no-op for float32)."""
+        z = self.preprocess(x)
+        dtype = _floating_dtype(self.module)
+        return z if dtype is None or z.dtype == dtype else z.to(dtype)
 
     @property
     def num_scores(self) -> int:
@@ -170,6 +181,18 @@ class Classifier(nn.Module):
         return f"name={self.name!r}, num_classes={self.num_classes}, bounds={self.bounds}"
 
 
+def _floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter (``None`` without one)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _low_precision(t: object) -> bool:
+    return isinstance(t, Tensor) and t.dtype in (torch.bfloat16, torch.float16)
+
+
 def as_classifier(model: nn.Module, x: Tensor | None = None) -> Classifier:
     """Return ``model`` if it is a :class:`Classifier`, else wrap a plain module that returns logits.
 
@@ -191,8 +214,9 @@ def as_classifier(model: nn.Module, x: Tensor | None = None) -> Classifier:
     if x is None or not isinstance(x, Tensor):
         raise InputError("cannot infer the number of classes of a plain module without an input batch")
     device = next((p.device for p in model.parameters()), x.device)
+    dtype = _floating_dtype(model) or x.dtype
     with torch.no_grad():
-        out = model(x[:1].to(device))
+        out = model(x[:1].to(device, dtype if x.is_floating_point() else x.dtype))
     if not isinstance(out, Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ModelError(f"model returned {shape}, expected logits of shape (N, num_classes)")

@@ -122,7 +122,11 @@ class _Pipeline(nn.Module):
         self.extractor, self.head = extractor, head
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.extractor(x))
+        z = self.extractor(x)
+        # a low-precision extractor (bfloat16 on a GPU) feeds a float32 head: cast the features
+        dtype = next((t.dtype for t in self.head.parameters() if t.is_floating_point()), None)
+        dtype = dtype or next((t.dtype for t in self.head.buffers() if t.is_floating_point()), z.dtype)
+        return self.head(z if z.dtype == dtype else z.to(dtype))
 
 
 class DeepFeatureClassifier(Classifier):

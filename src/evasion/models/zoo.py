@@ -22,6 +22,7 @@ from torch import nn
 
 from .._cache import entry_paths, load_or_train
 from ..errors import ConfigError, MissingFileError, ModelError, UnknownNameError
+from ..runtime import resolve_device
 from .architectures import resnet_cifar, small  # noqa: F401  (resnet_cifar registers resnet32-cifar)
 from .classifier import Classifier
 from .io import Architecture, load_file
@@ -73,6 +74,7 @@ def load(
     ``bounds``, ``class_names`` and ``name``; ``trust=True`` allows a pickled module.
     """
     key = os.fspath(name_or_path)
+    device = resolve_device(device)
     info = _REGISTRY.get(key) if isinstance(name_or_path, str) else None
     if info is not None:
         if architecture is not None:
