@@ -346,3 +346,50 @@ register(
         "~1 min on 2 cores",
     )
 )
+
+
+# -- certified training and Gaussian-noise base models for smoothing: evasion.training.certified ----
+def _certified_info(name: str, recipe: str, sigma: float, description: str) -> ModelInfo:
+    def factory(device: Device = None, retrain: bool = False) -> Classifier:
+        from ..training.certified import first_use_module  # lazy: training imports the attacks
+
+        module = first_use_module(name, recipe, sigma=sigma, retrain=retrain)
+        clf = Classifier(module, 10, input_shape=(1, 28, 28), name=name)
+        return clf.to(device) if device is not None else clf
+
+    def architecture() -> nn.Module:
+        from ..training.certified import mnist_ibp_cnn
+
+        return mnist_ibp_cnn(0)
+
+    minutes = "~4 min" if recipe == "ibp" else "~1 min"
+    return ModelInfo(
+        name=name,
+        description=description,
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        dataset="mnist5k",
+        source=f"trained on first use ({minutes} on 2 cores)",
+        factory=factory,
+        architecture=architecture,
+    )
+
+
+register(
+    _certified_info(
+        "mnist-cnn-ibp",
+        "ibp",
+        0.0,
+        "small CNN (conv16-conv32 stride 2, fc100) IBP-trained (Gowal et al.) at L-inf 0.2: certifiable at 0.1",
+    )
+)
+for _sigma in (0.25, 0.5):
+    register(
+        _certified_info(
+            f"mnist-cnn-noise-{_sigma:g}",
+            "noise",
+            _sigma,
+            f"small CNN (conv16-conv32 stride 2, fc100) trained on Gaussian noise sigma {_sigma:g}: "
+            "a base model for randomized smoothing",
+        )
+    )

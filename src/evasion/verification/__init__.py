@@ -10,5 +10,17 @@ from __future__ import annotations
 from .bounds import ibp_bounds, margin_lower_from_bounds
 from .certificate import METHODS, Certificate, certify
 from .crown import Domain
+from .smoothing import ABSTAIN, SmoothedClassifier, SmoothingCertificate, attack_smoothed
 
-__all__ = ["METHODS", "Certificate", "Domain", "certify", "ibp_bounds", "margin_lower_from_bounds"]
+__all__ = [
+    "ABSTAIN",
+    "METHODS",
+    "Certificate",
+    "Domain",
+    "SmoothedClassifier",
+    "SmoothingCertificate",
+    "attack_smoothed",
+    "certify",
+    "ibp_bounds",
+    "margin_lower_from_bounds",
+]
