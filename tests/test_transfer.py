@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -95,3 +96,25 @@ def test_bad_input_is_a_one_line_error() -> None:
         transferability([torch.nn.Linear(2, 2)], b, (x, y), FGSM(), 0.1)  # type: ignore[list-item]
     with pytest.raises(InputError, match="data must be"):
         transferability(a, b, x, FGSM(), 0.1)  # type: ignore[arg-type]
+
+
+def test_cli_writes_the_matrix_and_bad_input_exits_2(tmp_path, capsys) -> None:
+    from evasion.cli.main import main
+
+    out = tmp_path / "t"
+    args = ["transfer", "--models", "digits-mlp,digits-cnn", "--data", "digits", "-n", "16"]
+    rc = main([*args, "--attack", "fgsm", "--eps", "0.1", "--ensemble", "--out", str(out), "--threads", "1"])
+    assert rc == 0
+    data = json.loads((out / "transfer.json").read_text())
+    assert data["sources"] == ["digits-mlp", "digits-cnn", "ensemble(digits-mlp+digits-cnn)"]
+    assert len(data["success"]) == 3 and all(len(r) == 2 for r in data["success"])
+    assert (out / "transfer.svg").read_text().startswith("<svg")
+    assert "digits-cnn" in capsys.readouterr().out
+    for bad, words in (
+        (["--eps", "0"], "eps must be > 0"),
+        (["--attack", "deepfool"], "minimum-norm"),
+        (["--attack", "fgsm", "--param", "steps"], "KEY=VALUE"),
+    ):
+        assert main([*args, *bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .. import __version__, runtime
 from ..errors import EvasionError
-from . import attack, evaluate, listing, report, reproduce, runs, train
+from . import attack, evaluate, listing, report, reproduce, runs, train, transfer
 
 __all__ = ["build_parser", "main"]
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     attack.add_parser(sub)
     listing.add_parsers(sub)
-    for module in (evaluate, runs, report, reproduce, train):
+    for module in (evaluate, runs, report, reproduce, train, transfer):
         module.add_parser(sub)
     _add_threads(parser, None)
     return parser

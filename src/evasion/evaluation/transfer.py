@@ -35,7 +35,7 @@ from ..errors import ConfigError, InputError
 from ..models.classifier import REJECT, Classifier
 from ..threat_model import ThreatModel
 
-__all__ = ["MeanLogits", "TransferMatrix", "transferability"]
+__all__ = ["MeanLogits", "TransferMatrix", "check_attack", "transferability"]
 
 ModelLike = Classifier | str
 
@@ -170,6 +170,15 @@ def _fools(model: Classifier, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
     return (pred != y) & (pred != REJECT)
 
 
+def check_attack(attack: Attack, eps: float) -> float:
+    """A fixed-budget attack and a budget ``> 0`` (the budget as float); a one-line error otherwise."""
+    if not isinstance(attack, Attack):
+        raise ConfigError(f"attack must be an evasion Attack, got {type(attack).__name__}")
+    if attack.minimum_norm:
+        raise ConfigError(f"{type(attack).__name__} is a minimum-norm attack; transfer needs a fixed budget")
+    return positive(eps, "eps")
+
+
 def transferability(
     sources: Sequence[ModelLike] | ModelLike,
     targets: Sequence[ModelLike] | ModelLike,
@@ -195,11 +204,7 @@ def transferability(
         seed: every source's attack starts from a generator seeded with it (so the diagonal
             equals a direct call of the attack with ``torch.Generator().manual_seed(seed)``).
     """
-    if not isinstance(attack, Attack):
-        raise ConfigError(f"attack must be an evasion Attack, got {type(attack).__name__}")
-    if attack.minimum_norm:
-        raise ConfigError(f"{type(attack).__name__} is a minimum-norm attack; transfer needs a fixed budget")
-    eps = positive(eps, "eps")
+    eps = check_attack(attack, eps)
     integer(seed, "seed", minimum=0)
     integer(batch_size, "batch_size", minimum=1)
     if not isinstance(ensemble, bool):
