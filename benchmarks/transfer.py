@@ -168,7 +168,7 @@ def _markdown(res: dict[str, Any]) -> str:
         "## Substitute attack (labels only)",
         "",
         "Seeds: the first 150 test images after a seeded shuffle (held out from the attacked images); 6 rounds of Jacobian "
-        "augmentation, lambda 0.1 (sign flipped every 3 rounds), 10 epochs per round: "
+        "augmentation, lambda 0.1 (-0.1 for the first 3 augmentations, then +0.1, as in the reference tutorial), 10 epochs per round: "
         "4,800 label queries train the substitute (architecture: the zoo's MNIST CNN, fresh weights). "
         "Verification: one label query per attacked image (not an attacker cost). "
         "Success = victim wrong on the example (all images); on-correct = among the images the victim classifies correctly.",

@@ -9,7 +9,9 @@ is ever used.
 Jacobian-based augmentation: after each training round ``rho`` (but the last), every training
 point ``x`` with victim label ``O(x)`` gets a sibling ``clip(x + lambda_rho * sign(dF_O(x)/dx))``
 (``F`` the substitute's logits) whose label is asked from the victim, which doubles the set;
-``lambda_rho = lambda * (-1)^floor(rho / tau)`` (the paper's periodic step size). With the
+``lambda_rho = -lambda * (-1)^floor(rho / tau)``: the periodic step size of the paper, with the
+sign of the reference tutorial (cleverhans' ``mnist_blackbox``: the first ``tau = 3``
+augmentations step *against* the label's gradient, towards the decision boundaries). With the
 reference tutorial's defaults (150 seeds, 6 rounds, lambda 0.1) the substitute's training costs
 ``150 * 2^5 = 4,800`` label queries.
 
@@ -172,8 +174,9 @@ def train_substitute(
 ) -> SubstituteTraining:
     """Train a substitute by Jacobian-based dataset augmentation, asking ``victim`` only for labels.
 
-    ``rounds`` training rounds with ``rounds - 1`` augmentations between them (``tau`` = 0: the
-    step never flips sign). Deterministic under ``generator`` (initial weights and batch order).
+    ``rounds`` training rounds with ``rounds - 1`` augmentations between them; the step is
+    ``-lmbda`` for the first ``tau`` augmentations, then ``+lmbda`` for ``tau``, ... (``tau`` = 0:
+    always ``-lmbda``). Deterministic under ``generator`` (initial weights and batch order).
     ``num_threads``: torch CPU threads while training (one: a small substitute gains nothing from
     more, and OpenMP threads slow down badly on a busy CPU; ``None`` leaves torch's setting).
     """
@@ -205,7 +208,9 @@ def train_substitute(
             history.append((int(data.shape[0]), agree))
             if rho == rounds - 1:
                 break
-            sign = -1.0 if tau and (rho // tau) % 2 else 1.0
+            # the reference tutorial's periodic step: -lambda for the first tau augmentations
+            # (away from the label, towards the boundaries), then +lambda, and so on
+            sign = 1.0 if tau and (rho // tau) % 2 else -1.0
             new = _augment(module, data, labels, sign * lam, lo, hi)
             labels = torch.cat([labels, victim.labels(new)])
             data, origin = torch.cat([data, new]), torch.cat([origin, origin])
