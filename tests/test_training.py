@@ -254,6 +254,65 @@ def test_catastrophic_overfitting_is_detected_logged_and_rolled_back(
     assert again.stopped_early and len(again.history) == 2
 
 
+def _tiny_mnist_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
+def test_real_catastrophic_overfitting_is_detected_without_the_guard():
+    # a single FGSM step from x itself (no random start) at L-inf 0.3 on MNIST, no early stopping:
+    # the model learns to defend against FGSM only (FGSM accuracy climbs, PGD accuracy stays near 0)
+    data = datasets.load("mnist5k", split="train")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    val, train = data.subset(order[:128].sort().values), data.subset(order[128:1128].sort().values)
+    cfg = TrainConfig(
+        recipe="fgsm-rs",
+        epsilon=0.3,
+        epochs=8,
+        lr=2e-3,
+        batch_size=64,
+        schedule="constant",
+        warmup_epochs=1.0,
+        rs_init=0.0,
+        check_size=128,
+        check_steps=5,
+        stop_on_overfit=False,
+    )
+    result = AdversarialTrainer(cfg).fit(small.seeded(_tiny_mnist_cnn, 0), train, val)
+    assert not result.stopped_early and len(result.history) == 8  # the guard is off: it trains on
+    assert result.events, [(r.val_robust, r.val_fgsm) for r in result.history]
+    event = result.events[0]
+    assert event["event"] == "catastrophic_overfitting" and "logged only" in event["action"]
+    record = result.history[event["epoch"] - 1]
+    assert record.val_fgsm is not None and record.val_robust is not None
+    assert record.val_fgsm - record.val_robust >= 0.2 and record.val_robust < 0.15
+
+
+def test_single_step_variants_stay_in_their_balls(digits):
+    # rs_init / rs_clip off Wong et al.'s values take the trainer's own single step
+    x, y = digits.x[:32], digits.y[:32]
+    clf = Classifier(small.digits_mlp(0), 10, input_shape=(1, 8, 8))
+    gen = torch.Generator().manual_seed(0)
+    clipped = AdversarialTrainer(config(recipe="fgsm-rs", rs_init=1.5, rs_step=1.0))
+    x_adv = clipped.single_step_points(clf, x, y, 0.1, gen)
+    assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert float((x_adv - x).abs().amax(dim=(1, 2, 3)).min()) > 0.09  # the step reaches the ball's edge
+    nfgsm = AdversarialTrainer(config(recipe="fgsm-rs", rs_init=2.0, rs_step=1.0, rs_clip=False))
+    x_far = nfgsm.single_step_points(clf, x, y, 0.1, gen)
+    assert float((x_far - x).abs().max()) <= 0.3 + 1e-6 and x_far.min() >= 0 and x_far.max() <= 1
+    assert float((x_far - x).abs().max()) > 0.1 + 1e-3  # N-FGSM is not projected back
+    # the variants keep the old identity at their defaults (cached zoo models, checkpoints)
+    assert "rs_init" not in config().fingerprint() and config(rs_init=2.0).fingerprint()["rs_init"] == 2.0
+
+
 def test_fgsm_rs_check_measures_pgd_and_fgsm_accuracy(digits, digits_val):
     result = AdversarialTrainer(config(recipe="fgsm-rs", check_size=32, check_steps=3)).fit(
         bn_net(), digits, digits_val

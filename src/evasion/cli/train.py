@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +87,36 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=500,
         help="training samples held out for the per-epoch clean/robust accuracy (and fgsm-rs's check)",
+    )
+    adv.add_argument("--optimizer", default="adam", help="adam or sgd (momentum 0.9) (default adam)")
+    adv.add_argument(
+        "--rs-step",
+        type=float,
+        default=1.25,
+        help="fgsm-rs: step in units of epsilon (default 1.25, Wong et al.)",
+    )
+    adv.add_argument(
+        "--rs-init",
+        type=float,
+        default=1.0,
+        help="fgsm-rs: radius of the random start in units of epsilon (default 1; 1.5 holds on mnist5k at 0.3)",
+    )
+    adv.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip report.html (training curves and the security evaluation beside the standard model)",
+    )
+    adv.add_argument(
+        "--report-samples",
+        type=int,
+        default=100,
+        help="test images the report's security evaluation attacks (default 100)",
+    )
+    adv.add_argument(
+        "--baseline",
+        default="auto",
+        help="the standard model the report compares with: a zoo name or model file of the same "
+        "architecture, or none (default auto: the zoo model of ARCH when it was trained on --data)",
     )
     adv.add_argument(
         "--distill",
@@ -220,6 +252,8 @@ def _adversarial_config(args: argparse.Namespace) -> TrainConfig:
     )
     if args.val_size < 0:
         raise ConfigError(f"--val-size must be >= 0, got {args.val_size}")
+    if args.report_samples < 1:
+        raise ConfigError(f"--report-samples must be >= 1, got {args.report_samples}")
     return TrainConfig(
         recipe=recipe,
         epsilon=epsilon,
@@ -229,6 +263,9 @@ def _adversarial_config(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size,
         seed=args.seed,
         schedule=args.schedule,
+        optimizer=args.optimizer,
+        rs_step=args.rs_step,
+        rs_init=args.rs_init,
         weight_decay=args.weight_decay,
         warmup_epochs=warmup,
         adv_weight=args.adv_weight,
@@ -262,6 +299,106 @@ def _robust_accuracy(clf: Any, test: datasets.Dataset, config: TrainConfig, n: i
     return result.robust_accuracy
 
 
+def _baseline(args: argparse.Namespace, info: zoo.ModelInfo | None) -> str | None:
+    """The standard model the report compares with (a zoo name or a model file), or ``None``."""
+    choice = args.baseline
+    if choice == "none" or args.no_report or args.test_split == "none":
+        return None
+    if choice == "auto":
+        return info.name if info is not None and info.dataset == args.data else None
+    if zoo.model_info(choice, missing_ok=True) is None and not Path(choice).is_file():
+        raise ConfigError(f"--baseline {choice!r} is neither a zoo model nor a model file (or use none)")
+    return str(choice)
+
+
+def _report_grid(config: TrainConfig, data: datasets.Dataset) -> list[float]:
+    """The report's epsilons: 1/4 to 2 times the training epsilon (the default config's grid when 0)."""
+    if config.epsilon == 0:
+        return [0.05, 0.1, 0.2, 0.3] if config.norm == "linf" else [0.5, 1.0, 2.0, 3.0]
+    span = config.bounds[1] - config.bounds[0]
+    largest = span if config.norm == "linf" else span * math.sqrt(data.x[0].numel())
+    grid = {round(config.epsilon * f, 6) for f in (0.25, 0.5, 1.0, 1.5, 2.0)}
+    return sorted(e for e in grid if 0 < e <= largest)
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "model"
+
+
+def _report(
+    args: argparse.Namespace,
+    out: Path,
+    config: TrainConfig,
+    summary: dict[str, Any],
+    baseline: str | None,
+    data: datasets.Dataset,
+    device: torch.device,
+) -> Path:
+    """Evaluate the trained model beside ``baseline`` (default suites, run store) and write report.html."""
+    from ..build import build
+    from ..config import parse_config
+    from ..evaluation import evaluate
+    from ..reports.evaluation_report import write_report
+    from ..reports.training_report import write_training_report
+    from ..store import RunStore
+    from .evaluate import Bars
+
+    what = f"distilled-T{config.temperature:g}" if summary["distilled"] else config.recipe
+    trained = f"{_label(args.architecture)}-{what}"
+    models: list[dict[str, Any]] = [
+        {"name": trained, "model": str((out / "model.pt").resolve()), "architecture": args.architecture}
+    ]
+    base_name = None
+    if baseline is not None:
+        base_name = f"{_label(Path(baseline).stem if Path(baseline).is_file() else baseline)} (standard)"
+        entry: dict[str, Any] = {"name": base_name, "model": baseline}
+        if Path(baseline).is_file():
+            entry["architecture"] = args.architecture
+        models.append(entry)
+    raw = {
+        "run": {"name": "training-report", "seed": args.seed, "batch_size": 200},
+        "data": {
+            "name": args.data,
+            "split": args.test_split,
+            "samples": args.report_samples,
+            "shuffle": True,
+        },
+        "models": models,
+        "epsilons": {config.norm: _report_grid(config, data)},
+    }
+    cfg = parse_config(raw, source=str(out / "training.json"))
+    clfs, test, specs = build(cfg, device)
+    folder = out / "evaluation" / str(summary["sha256"])[:12]  # a retrained model gets a fresh store
+    session = {"command": "train (report)", **environment(device)}
+    with RunStore(folder, session=session, config_text=cfg.to_toml()) as store, progress(args.quiet) as bar:
+        evaluate(
+            clfs,
+            test,
+            specs,
+            self_check=True,
+            batch_size=cfg.run.batch_size,
+            seed=cfg.run.seed,
+            progress=Bars(bar),
+            store=store,
+        )
+        ev = store.evaluation()
+    full = write_report(ev, folder / "report.html")
+    notes = []
+    if baseline is None:
+        notes.append(
+            "No standard model to compare with: pass --baseline (a zoo name or a model file of this architecture)."
+        )
+    return write_training_report(
+        out / "report.html",
+        summary,
+        ev,
+        trained=trained,
+        baseline=base_name,
+        evaluation_link=str(full.relative_to(out)),
+        notes=notes,
+    )
+
+
 def run_adversarial(args: argparse.Namespace) -> int:
     """`evasion train ARCH --adversarial RECIPE --epsilon E --out DIR` (or ``--distill T``)."""
     config = _adversarial_config(args)
@@ -273,6 +410,7 @@ def run_adversarial(args: argparse.Namespace) -> int:
     build = resolve_architecture(args.architecture)
     info = zoo.model_info(args.architecture, missing_ok=True)
     device = pick_device(args.device)
+    baseline = _baseline(args, info)
     data = _training_data(args, info)
     train, val = _split(data, args.val_size, args.seed)
     test = None if args.test_split == "none" else datasets.load(args.data, split=args.test_split)
@@ -335,6 +473,9 @@ def run_adversarial(args: argparse.Namespace) -> int:
         "environment": environment(device),
     }
     write_json(out / "training.json", summary)
+    report = None
+    if not args.no_report and test is not None:
+        report = _report(args, out, config, summary, baseline, data, device)
     acc = "n/a" if test_acc is None else f"{test_acc:.4f}"
     rob = "" if robust is None else f", PGD-20 accuracy at {config.norm} {config.epsilon:g}: {robust:.4f}"
     resumed = "" if result.resumed_from is None else f" (resumed after epoch {result.resumed_from})"
@@ -343,5 +484,6 @@ def run_adversarial(args: argparse.Namespace) -> int:
         f"trained {args.architecture} ({what}) on {len(train)} images of {args.data} in {seconds:.1f} s"
         f"{resumed}: {args.test_split} accuracy {acc}{rob}{events}\n"
         f"  saved {model_path}, {out / 'training.json'}; load with {summary['load_with']}"
+        + ("" if report is None else f"\n  report: {report}")
     )
     return 0

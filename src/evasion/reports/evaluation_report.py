@@ -26,7 +26,7 @@ from ..evaluation import CHECKS, SOURCES, Evaluation, Example, SecurityCurve
 from .html import GridCell, Page
 from .plots import figure, to_svg
 
-__all__ = ["black_box_queries", "build_report", "write_report"]
+__all__ = ["MASKING", "black_box_queries", "build_report", "masking_flags", "write_report"]
 
 _DOCS = "docs/attack-failure-checks.md"
 
@@ -275,6 +275,15 @@ def _grid_row(ex: Example, classes: Sequence[str]) -> list[GridCell]:
     ]
 
 
+#: flags that mean the gradients an attack followed were masked: white-box numbers overstate robustness
+MASKING = ("zero-gradients", "nonfinite-gradients", "black-box-beats-white-box", "unbounded-not-zero")
+
+
+def masking_flags(ev: Evaluation, model: str) -> list[str]:
+    """The gradient-masking flags (:data:`MASKING`) raised on ``model``, sorted."""
+    return sorted({c.code for c in ev.checks if c.model == model and c.code in MASKING})
+
+
 def _checks_section(page: Page, ev: Evaluation) -> None:
     page.section("Attack-failure checks", anchor="checks")
     flags = ev.checks
@@ -446,6 +455,13 @@ def build_report(ev: Evaluation, title: str | None = None) -> Page:
         f"{n_flags} attack-failure flag(s); see below." if n_flags else "All attack-failure checks passed.",
         level="warn" if n_flags else "ok",
     )
+    for model in ev.models:
+        if masking_flags(ev, model):
+            page.flag(
+                f"{model}: gradient masking flagged ({', '.join(masking_flags(ev, model))}): its white-box "
+                "numbers are not to be trusted (see Checks).",
+                level="bad",
+            )
     if ev.incomplete:
         page.flag(
             f"{len(ev.incomplete)} (model, attack, epsilon) groups are incomplete (interrupted run?) and "

@@ -43,7 +43,7 @@ from ..datasets.base import Dataset
 from ..errors import ConfigError, InputError
 from ..models.classifier import Classifier, eval_mode
 from ..models.training import _threads, random_shift
-from ..perturbations import direction, project
+from ..perturbations import direction, project, project_box, random_start
 from ..threat_model import ThreatModel
 from .checkpoint import CheckpointDir
 
@@ -85,6 +85,11 @@ class TrainConfig:
         beta: ``trades``: the weight of the KL term.
         steps, step_size: inner steps of ``pgd`` and ``trades`` (step default ``2.5 eps / steps``).
         rs_step: ``fgsm-rs``: step size in units of epsilon (Wong et al.: 1.25).
+        rs_init: ``fgsm-rs``: radius of the uniform random start in units of epsilon (Wong et
+            al.: 1; N-FGSM, de Jorge et al. 2022: 2).
+        rs_clip: ``fgsm-rs``: project the step back onto the epsilon-ball (Wong et al.); ``False``
+            keeps the whole ``(rs_init + rs_step) eps`` perturbation (N-FGSM: noise plus a step of
+            ``eps``, clipped to the box only), which avoids catastrophic overfitting at large eps.
         temperature: softmax temperature of the training loss (defensive distillation).
         augment_shift: random shifts of up to this many pixels (zero fill) before the attack.
         bounds: the valid input box (the data must lie in it).
@@ -93,6 +98,8 @@ class TrainConfig:
             least this much below the best earlier epoch while FGSM accuracy stays at least this
             much above it, or an FGSM accuracy :data:`FGSM_GAP` (0.5) above the PGD accuracy.
         num_threads: torch CPU threads for the run (``None``: leave the setting alone).
+        stop_on_overfit: ``fgsm-rs``: on catastrophic overfitting roll back and stop (Wong et
+            al.'s early stopping); ``False`` only logs the event and trains on (to watch it happen).
     """
 
     recipe: str = "pgd"
@@ -111,6 +118,8 @@ class TrainConfig:
     steps: int = 10
     step_size: float | None = None
     rs_step: float = 1.25
+    rs_init: float = 1.0
+    rs_clip: bool = True
     temperature: float = 1.0
     augment_shift: int = 0
     bounds: tuple[float, float] = (0.0, 1.0)
@@ -118,6 +127,7 @@ class TrainConfig:
     check_steps: int = 10
     overfit_drop: float = 0.2
     num_threads: int | None = None
+    stop_on_overfit: bool = True
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -141,9 +151,12 @@ class TrainConfig:
             or self.augment_shift < 0
         ):
             raise ConfigError(f"augment_shift must be a non-negative integer, got {self.augment_shift!r}")
+        for flag in ("rs_clip", "stop_on_overfit"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         for name in ("lr", "rs_step", "temperature"):
             _finite(name, getattr(self, name), positive=True)
-        for name in ("weight_decay", "warmup_epochs", "beta", "overfit_drop"):
+        for name in ("weight_decay", "warmup_epochs", "beta", "overfit_drop", "rs_init"):
             _finite(name, getattr(self, name), positive=False)
         _finite("adv_weight", self.adv_weight, positive=False)
         if self.adv_weight > 1:
@@ -161,7 +174,16 @@ class TrainConfig:
         """JSON-able description (stored in checkpoints and logs)."""
         out = asdict(self)
         out["bounds"] = list(self.bounds)
+        # fields added later are left out at their defaults: cached models and checkpoints written
+        # before them keep their identity
+        for name, default in _LATER_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
         return out
+
+
+#: fields added after format 1 checkpoints and zoo caches were written, with their defaults
+_LATER_DEFAULTS: dict[str, Any] = {"rs_init": 1.0, "rs_clip": True, "stop_on_overfit": True}
 
 
 def _finite(name: str, value: object, *, positive: bool) -> None:
@@ -310,6 +332,30 @@ class AdversarialTrainer:
     def threat(self, epsilon: float) -> ThreatModel:
         return ThreatModel(self.config.norm, epsilon, self.config.bounds)
 
+    def single_step_points(
+        self, clf: Classifier, x: Tensor, y: Tensor, epsilon: float, generator: torch.Generator
+    ) -> Tensor:
+        """``fgsm-rs`` with ``rs_init`` / ``rs_clip`` off Wong et al.'s values: one FGSM step.
+
+        Start uniformly in the ``rs_init eps`` ball (clipped to the box), take one step of
+        ``rs_step eps`` along the gradient direction of the cross-entropy, then project onto the
+        ``eps``-ball (``rs_clip``) or onto the box only (N-FGSM: the point may lie up to
+        ``(rs_init + rs_step) eps`` from ``x``; it is a training point, not an attack result).
+        """
+        c = self.config
+        lower = torch.full_like(x, c.bounds[0])
+        upper = torch.full_like(x, c.bounds[1])
+        start = random_start(x, c.rs_init * epsilon, c.norm, lower, upper, generator).detach()
+        start.requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(clf(start), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, start)
+        g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+        stepped = start.detach() + c.rs_step * epsilon * direction(g, c.norm)
+        if c.rs_clip:
+            return project(stepped, x, epsilon, c.norm, lower, upper).detach()
+        return project_box(stepped, lower, upper).detach()
+
     def trades_points(self, clf: Classifier, x: Tensor, epsilon: float, generator: torch.Generator) -> Tensor:
         """TRADES' inner step: ascend ``KL(f(x) || f(x'))`` from ``x + 0.001 N(0, 1)`` in ball ∩ box."""
         c = self.config
@@ -452,8 +498,12 @@ class AdversarialTrainer:
                 earlier = [r.val_robust for r in history if r.val_robust is not None]
                 best = max(earlier) if earlier else None
                 if collapsed(best, record.val_robust, record.val_fgsm, c.overfit_drop):
-                    net.load_state_dict(before)
-                    stopped = True
+                    if c.stop_on_overfit:
+                        net.load_state_dict(before)
+                        stopped = True
+                        action = f"rolled back to the weights of epoch {epoch - 1} and stopped"
+                    else:
+                        action = "logged only (stop_on_overfit=False): training went on"
                     events.append(
                         {
                             "event": "catastrophic_overfitting",
@@ -461,7 +511,7 @@ class AdversarialTrainer:
                             "val_robust": record.val_robust,
                             "val_fgsm": record.val_fgsm,
                             "best_val_robust": best,
-                            "action": f"rolled back to the weights of epoch {epoch - 1} and stopped",
+                            "action": action,
                         }
                     )
             history.append(record)
@@ -628,8 +678,11 @@ class AdversarialTrainer:
                 reduction="batchmean",
             )
             return criterion(logits) + c.beta * kl
-        result = self.inner_attack(eps)(clf, x, y, threat=self.threat(eps), generator=attack_gen)
-        x_adv = result.adversarial.detach()
+        if recipe == "fgsm-rs" and self.attack is None and (c.rs_init != 1 or not c.rs_clip):
+            x_adv = self.single_step_points(clf, x, y, eps, attack_gen)
+        else:
+            result = self.inner_attack(eps)(clf, x, y, threat=self.threat(eps), generator=attack_gen)
+            x_adv = result.adversarial.detach()
         if recipe == "fgsm":
             return (1 - c.adv_weight) * criterion(forward(x)) + c.adv_weight * criterion(forward(x_adv))
         return criterion(forward(x_adv))
