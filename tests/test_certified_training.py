@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -22,6 +23,7 @@ from evasion.training.certified import (
     train_ibp,
 )
 from evasion.training.noise import gaussian_perturb, train_noise
+from evasion.verification.bounds import ibp_bounds, margin_lower_from_bounds
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -61,7 +63,13 @@ def test_margins_are_sound_and_the_elided_bound_is_tighter() -> None:
     y = model(x).argmax(1)
     eps = 0.05
     elided = ibp_margins(model, x, y, eps, (0.0, 1.0))
-    plain = ibp_margins(Classifier(model, 10, input_shape=(1, 8, 8)), x, y, eps, (0.0, 1.0))
+    plain = ibp_margins(model, x, y, eps, (0.0, 1.0), elide=False)
+    lower, upper = ibp_bounds(model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
+    assert torch.allclose(
+        plain.scatter(1, y[:, None], math.inf).min(1).values, margin_lower_from_bounds(lower, upper, y)
+    )
+    wrapped = ibp_margins(Classifier(model, 10, input_shape=(1, 8, 8)), x, y, eps, (0.0, 1.0))
+    assert torch.allclose(wrapped, elided)
     assert torch.equal(elided.gather(1, y[:, None]), torch.zeros(8, 1))
     assert bool((elided >= plain - 1e-5).all()) and bool((elided > plain + 1e-3).any())
     # 2000 random points of the ball ∩ box: every margin f_y - f_k stays above the bound

@@ -195,3 +195,17 @@ def test_bad_predict_and_batch_size_and_images() -> None:
         smoothed.predict(points(w, b, [0.1]), 10, alpha=1.0)
     with pytest.raises(InputError, match="shape"):
         smoothed.predict(torch.rand(2, 1, 5, 5), 10)
+
+
+def test_attack_never_breaks_a_certified_radius_of_a_small_relu_network() -> None:
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    clf = Classifier(net, 3, input_shape=SHAPE)
+    smoothed = SmoothedClassifier(clf, 0.25)
+    x = torch.rand(12, *SHAPE, generator=torch.Generator().manual_seed(0))
+    cert = smoothed.certify(x, 100, 5_000, 0.001, torch.Generator().manual_seed(1))
+    keep = ~cert.abstained & (cert.radius > 0.05)
+    assert int(keep.sum()) >= 3
+    x, y, radius = x[keep], cert.prediction[keep], float(cert.radius[keep].min())
+    result = attack_smoothed(smoothed, x, y, epsilon=radius, samples=32, steps=10, n=2_000)
+    assert not bool(result.broken.any())

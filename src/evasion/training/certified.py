@@ -5,10 +5,12 @@ interval bound propagation gives for the L∞ ball of ``epsilon`` around each tr
 
     loss = kappa * CE(f(x), y) + (1 - kappa) * CE(z_worst(x, epsilon), y),
 
-``z_worst_k = -(lower bound of f_y - f_k)`` (and 0 for ``k = y``). With an ``nn.Sequential`` that
-ends in a ``Linear`` layer, the last layer is folded into the margins ``f_y - f_k`` before they are
-bounded (Gowal et al.'s elision: a tighter bound than subtracting the logit intervals);
-otherwise the logit intervals of :func:`evasion.verification.bounds.ibp_bounds` are used.
+``z_worst_k = -(lower bound of f_y - f_k)`` (and 0 for ``k = y``). When the model's last layer is
+``Linear``, it is folded into the margins ``f_y - f_k`` before they are bounded (Gowal et al.'s
+elision: tighter than subtracting logit intervals); otherwise the logit intervals are used. The
+bounds are :mod:`evasion.verification`'s IBP, which takes any model it can bound (a Classifier
+with its normalisation, sequential chains of Linear, Conv2d, ReLU, pooling, BatchNorm in eval
+semantics) and names any layer it cannot.
 
 The schedule follows Gowal et al.: clean warm-up, then ``epsilon`` ramps linearly from 0 while
 ``kappa`` ramps from 1 to ``kappa_end`` (0.5), then both stay; Adam with the learning rate
@@ -134,32 +136,40 @@ class IBPConfig:
 
 
 def ibp_margins(
-    model: nn.Module, x: Tensor, y: Tensor, epsilon: float, bounds: tuple[float, float]
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    bounds: tuple[float, float],
+    *,
+    elide: bool = True,
 ) -> Tensor:
     """``(N, K)`` lower bounds of ``f_y - f_k`` over the L∞ ball of ``epsilon`` ∩ box (0 at ``k = y``).
 
-    Differentiable in the model's parameters. A sound certificate: the sample is robust when every
-    entry but the ``y``-th is positive.
+    With ``elide`` and a model whose last layer is ``Linear``, the margins ``(w_y - w_k) . h + b_y -
+    b_k`` are bounded over the interval of the penultimate activations ``h`` (tighter); otherwise
+    they are ``l_y - u_k`` from the logit intervals. Differentiable in the model's parameters; a
+    sound certificate: the sample is robust when every entry but the ``y``-th is positive.
     """
-    from ..verification.bounds import ibp_bounds  # lazy: the verification package imports models
+    from ..verification.bounds import ibp_through  # lazy: the verification package imports models
+    from ..verification.layers import extract_layers
 
     lower = (x - epsilon).clamp(*bounds)
     upper = (x + epsilon).clamp(*bounds)
-    last = model[-1] if isinstance(model, nn.Sequential) and len(model) > 1 else None
-    if isinstance(last, nn.Linear):  # elision: bound (w_y - w_k) . h over the penultimate box
-        assert isinstance(model, nn.Sequential)
-        lo, hi = ibp_bounds(model[:-1], lower, upper)
+    layers = extract_layers(model, lower)
+    last = layers[-1].module if layers else None
+    if elide and isinstance(last, nn.Linear):  # bound (w_y - w_k) . h over the penultimate box
+        lo, hi = ibp_through(layers[:-1], lower, upper)
         centre, radius = (hi + lo) / 2, (hi - lo) / 2
         diff_w = last.weight[y][:, None, :] - last.weight[None, :, :]  # (N, K, H)
-        diff_b = last.bias[y][:, None] - last.bias[None, :] if last.bias is not None else 0.0
-        return (
-            torch.einsum("nkh,nh->nk", diff_w, centre)
-            - torch.einsum("nkh,nh->nk", diff_w.abs(), radius)
-            + diff_b
+        margins = torch.einsum("nkh,nh->nk", diff_w, centre) - torch.einsum(
+            "nkh,nh->nk", diff_w.abs(), radius
         )
-    lo, hi = ibp_bounds(model, lower, upper)
-    margins = lo.gather(1, y[:, None]) - hi
-    return margins.scatter(1, y[:, None], 0.0)
+        if last.bias is not None:
+            margins = margins + last.bias[y][:, None] - last.bias[None, :]
+        return margins
+    lo, hi = ibp_through(layers, lower, upper)
+    return (lo.gather(1, y[:, None]) - hi).scatter(1, y[:, None], 0.0)
 
 
 def ibp_loss(
