@@ -174,3 +174,23 @@ def test_resuming_with_another_architecture_names_the_keys(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "another architecture" in err and "fc3.weight" in err and "conv1.weight" in err
     assert err.count("\n") == 1 and (out / "model.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(("labels", "message"), [([3] * 40, "has a single class"), ([], "empty")])
+def test_adversarial_single_class_or_empty_data_is_refused_and_writes_nothing(
+    labels, message, tmp_path, capsys
+):
+    data = tmp_path / "one.npz"
+    n = len(labels)
+    np.savez(
+        data,
+        x_train=np.random.default_rng(0).random((n, 8, 8)).astype(np.float32),
+        y_train=np.array(labels, dtype=np.int64),
+        classes=np.array([str(i) for i in range(10)]),
+    )
+    out = tmp_path / "run"
+    argv = ["train", "digits-mlp", "--data", str(data), "--test-split", "none", "--val-size", "0", "--quiet"]
+    assert main([*argv, "--adversarial", "pgd", "--epsilon", "0.1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()

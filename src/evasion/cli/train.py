@@ -8,8 +8,11 @@ checksum). Training is the library's seeded trainer (Adam, cosine learning rate,
 With ``--adversarial RECIPE --epsilon E`` (or ``--distill T``) it trains with
 :class:`evasion.training.AdversarialTrainer` instead, and ``--out`` is a folder: ``model.pt`` (the
 state dict), ``training.json`` (the recipe, the per-epoch log, catastrophic-overfitting events,
-test accuracies) and ``checkpoints/`` (one per epoch, written atomically). Re-running the same
-command after a crash resumes from the last checkpoint and ends with the same weights.
+test accuracies), ``checkpoints/`` (one per epoch, written atomically) and ``report.html`` (training
+curves with catastrophic-overfitting events, and the security evaluation curves of the trained
+model beside the standard model, computed by :func:`evasion.evaluation.evaluate` into a run store
+under ``evaluation/``; ``--no-report`` skips it). Re-running the same command after a crash resumes
+from the last checkpoint and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="weights file (default: out/train/ARCH.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
     adv = p.add_argument_group(
-        "adversarial training (--out is then a folder: model.pt, training.json, checkpoints/)"
+        "adversarial training (--out is then a folder: model.pt, training.json, checkpoints/, report.html)"
     )
     adv.add_argument(
         "--adversarial",
