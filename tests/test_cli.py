@@ -133,7 +133,11 @@ def test_attack_on_a_single_image_file(tmp_path: Path):
     ("args", "words"),
     [
         (["attack", "--model", "no-such-model"], ["unknown model 'no-such-model'", "mnist-cnn"]),
-        (["attack", "--attack", "jsma"], ["unknown attack 'jsma'", "pgd"]),
+        (["attack", "--attack", "no-such-attack"], ["unknown attack 'no-such-attack'", "pgd"]),
+        (
+            ["attack", "--attack", "onepixel", "--norm", "l0", "--param", "population=3"],
+            ["population", ">= 4"],
+        ),
         (["attack", "--param", "stepz=3"], ["unknown parameter", "stepz"]),
         (["attack", "--param", "steps"], ["KEY=VALUE"]),
         (["attack", "--epsilon", "-1"], ["epsilon must be >= 0"]),

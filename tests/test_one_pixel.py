@@ -3,8 +3,11 @@ sees the model only through counted, gradient-free score queries."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +15,7 @@ from torch import nn
 from evasion import ThreatModel
 from evasion.attacks import OnePixel
 from evasion.attacks.one_pixel import distinct_parents
+from evasion.cli.main import main
 from evasion.errors import ConfigError, InputError
 from evasion.models.classifier import Classifier
 from evasion.perturbations import norm
@@ -210,3 +214,14 @@ def test_bad_input_is_one_clear_error() -> None:
         OnePixel()(model, x, y, threat=ThreatModel("l0", math.inf))
     with pytest.raises(ConfigError, match="does not support the linf norm"):
         OnePixel()(model, x, y, threat=ThreatModel("linf", 0.1))
+
+
+def test_cli_runs_the_one_pixel_attack(tmp_path: Path) -> None:
+    out = tmp_path / "onepixel"
+    args = ["attack", "--model", "digits-mlp", "--data", "digits", "-n", "6", "--attack", "onepixel"]
+    args += ["--norm", "l0", "--epsilon", "2", "--param", "population=12", "--param", "generations=2"]
+    assert main([*args, "--out", str(out), "--save-images", "0", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threat"]["norm"] == "l0" and summary["attack"].startswith("OnePixel(")
+    arrays = np.load(out / "adversarial.npz")
+    assert arrays["x"].shape == (6, 1, 8, 8) and float(np.abs(arrays["norms"]).max()) <= 2

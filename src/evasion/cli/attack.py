@@ -17,7 +17,7 @@ from .common import environment, pick_device, progress, write_json
 
 __all__ = ["add_parser", "run"]
 
-DEFAULT_EPSILON = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
+DEFAULT_EPSILON = {"linf": 0.1, "l2": 1.5, "l1": 10.0, "l0": 1.0}
 
 
 def add_parser(sub: Any) -> None:
@@ -39,12 +39,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--label", type=int, help="true class of --image (default: the model's prediction)")
     p.add_argument("-n", "--num-samples", type=int, help="attack only the first N samples")
     p.add_argument("--attack", default="pgd", help=f"attack name: {', '.join(sorted(attacks.REGISTRY))}")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
+    p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1", "l0"])
     p.add_argument(
         "--epsilon",
         "--eps",
         type=float,
-        help="budget (default: 0.1 linf, 1.5 l2, 10 l1; inf for minimum-norm)",
+        help="budget (default: 0.1 linf, 1.5 l2, 10 l1, 1 pixel l0; inf for minimum-norm)",
     )
     p.add_argument("--target", type=int, help="targeted attack towards this class")
     p.add_argument(
