@@ -178,3 +178,22 @@ def test_bad_training_input(digits: tuple) -> None:  # type: ignore[type-arg]
         )
     with pytest.raises(ConfigError, match="sigma must be"):
         train_noise(mlp(), train, sigma=0.0, epochs=1, lr=1e-3, batch_size=50, seed=0)
+
+
+def test_adversarial_trainer_runs_the_ibp_recipe(digits: tuple) -> None:  # type: ignore[type-arg]
+    from evasion.attacks import PGD
+    from evasion.training import AdversarialTrainer, TrainConfig
+
+    train, test = digits
+    config = TrainConfig(
+        recipe="ibp", epsilon=0.1, epochs=15, lr=1e-2, batch_size=40, warmup_epochs=7, num_threads=1
+    )
+    result = AdversarialTrainer(config).fit(mlp(1), train)
+    module = result.classifier.module
+    clean, certified = ibp_certified_accuracy(module, test, 0.05)
+    assert clean > 0.95 and certified > 0.8
+    assert result.history[-1].epsilon == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="ibp trains against L-inf balls only"):
+        AdversarialTrainer(TrainConfig(recipe="ibp", epsilon=0.5, norm="l2"))
+    with pytest.raises(ConfigError, match="takes no attack"):
+        AdversarialTrainer(config, PGD())

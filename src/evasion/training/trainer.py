@@ -10,7 +10,10 @@ Recipes (``TrainConfig.recipe``):
   weights back to the previous epoch and stops (Wong et al.'s early stopping);
 * ``pgd``: Madry et al. 2018, CE on the PGD examples of each batch;
 * ``trades``: Zhang et al. 2019, ``CE(x) + beta KL(f(x) || f(x'))``, with its own inner step
-  maximising the KL term.
+  maximising the KL term;
+* ``ibp``: Gowal et al. 2018, certified training, ``kappa CE(x) + (1 - kappa) CE(z_worst)`` with the
+  worst-case logits of interval bounds (:mod:`.certified`); ``kappa`` falls from 1 to
+  ``1 - adv_weight`` as epsilon warms up (L∞ only, no attack).
 
 The inner maximisation of ``fgsm``, ``fgsm-rs`` and ``pgd`` is any :class:`~evasion.attacks.Attack`
 (the attack is a parameter; defaults are the library's FGSM and PGD, which run through the shared
@@ -58,7 +61,7 @@ __all__ = [
     "collapsed",
 ]
 
-RECIPES = ("none", "fgsm", "fgsm-rs", "pgd", "trades")
+RECIPES = ("none", "fgsm", "fgsm-rs", "pgd", "trades", "ibp")
 SCHEDULES = ("cosine", "cyclic", "step", "constant")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -294,10 +297,12 @@ class AdversarialTrainer:
     ):
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if config.recipe == "ibp" and config.norm != "linf":
+            raise ConfigError(f"ibp trains against L-inf balls only, not {config.norm}")
         if attack is not None:
             if not isinstance(attack, Attack):
                 raise ConfigError(f"attack must be an evasion Attack, got {type(attack).__name__}")
-            if config.recipe in ("none", "trades"):
+            if config.recipe in ("none", "trades", "ibp"):
                 raise ConfigError(
                     f"recipe {config.recipe!r} takes no attack (trades has its own KL inner step)"
                 )
@@ -678,6 +683,13 @@ class AdversarialTrainer:
                 reduction="batchmean",
             )
             return criterion(logits) + c.beta * kl
+        if recipe == "ibp":  # Gowal et al.: kappa follows the epsilon warm-up from 1 to 1 - adv_weight
+            from .certified import ibp_loss
+
+            net.train()
+            pre.train()
+            kappa = 1.0 - c.adv_weight * eps / c.epsilon
+            return ibp_loss(nn.Sequential(pre, net), x, y, eps, kappa, c.bounds)[0]
         if recipe == "fgsm-rs" and self.attack is None and (c.rs_init != 1 or not c.rs_clip):
             x_adv = self.single_step_points(clf, x, y, eps, attack_gen)
         else:
