@@ -64,6 +64,9 @@ def test_declarations_have_the_declared_types(name: str, cls: type[Attack]) -> N
     for flag in ("minimum_norm", "supports_targeted", "black_box", "reject_aware"):
         assert isinstance(getattr(cls, flag), bool), flag
         assert flag not in {f.name for f in dataclasses.fields(cls)}, f"{flag} must be a class variable"
+    # what the attacker sees (evasion.access): black-box exactly when it is not the gradients
+    assert cls.access in ("gradients", "scores", "labels", "transfer")
+    assert cls.black_box == (cls.access != "gradients")
     assert cls.norms and set(cls.norms) <= {"linf", "l2", "l1", "l0"}
     attack = cls()
     options = {f.name: f.type for f in dataclasses.fields(cls)}

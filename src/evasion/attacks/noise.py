@@ -49,6 +49,7 @@ class Noise(Attack):
     norms = ("linf", "l2", "l1")
     supports_targeted = False
     black_box = True
+    access: ClassVar[str] = "labels"  # it only asks whether a noisy point evades
     kind: NoiseKind = "uniform"
     draws: int = 1
 
