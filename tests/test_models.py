@@ -125,7 +125,7 @@ def test_efficientnet_factory_delegates(
     fake.efficientnet_lite0 = fake_efficientnet_lite0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     assert models.load("efficientnet-lite0", pretrained=False, device="cpu") is digits_mlp
-    assert calls == [(False, "cpu")]
+    assert calls == [(False, torch.device("cpu"))]  # the device is resolved (and checked) first
 
 
 # -- first-use models -------------------------------------------------------------------------

@@ -118,6 +118,8 @@ def model(mc: ModelConfig, device: torch.device, config: Config) -> Classifier:
         raise exc.at(f"{_where(mc, config)}.{key.get(exc.kind, 'options')}") from None
     except MissingFileError as exc:
         raise MissingFileError(f"{_where(mc, config)}.model: {exc}") from None
+    if config.run.compile:
+        clf.use_compile()
     return defend(clf, mc, config) if mc.defense else clf
 
 

@@ -110,6 +110,8 @@ class RunConfig:
     self_check: bool = True
     #: run each model's default attack suite even when [[attacks]] are given (they are added to it)
     default_suite: bool = False
+    #: run every model through torch.compile (eager with a warning where it cannot compile)
+    compile: bool = False
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> RunConfig:
@@ -123,6 +125,7 @@ class RunConfig:
             default_suite=_type(
                 "run.default_suite", t.get("default_suite", cls.default_suite), bool, "true or false"
             ),
+            compile=_type("run.compile", t.get("compile", cls.compile), bool, "true or false"),
         )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +79,7 @@ class Classifier(nn.Module):
         preprocess: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
         name: str | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -97,6 +100,50 @@ class Classifier(nn.Module):
             list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         )
         self.name = name or type(module).__name__
+        #: run the module through ``torch.compile`` (see :meth:`use_compile`)
+        self.compiled = False
+        if compile:
+            self.use_compile()
+
+    # -- compilation -------------------------------------------------------------------------
+    def use_compile(self, enabled: bool = True) -> Classifier:
+        """Run the module through ``torch.compile`` from the next forward on (``enabled=False``: eager).
+
+        A faster forward+backward lowers the cost of every attack step. Compilation happens at
+        the first forward (seconds to minutes); where it fails (no C++ compiler, an operation
+        torch cannot compile), a ``RuntimeWarning`` names the reason and the model runs eagerly.
+        While forward hooks are attached to the module (a detector reading a layer), the eager
+        module runs, so the hooks always fire.
+        """
+        if not isinstance(enabled, bool):
+            raise ModelError(f"compile must be True or False, got {enabled!r}")
+        self.compiled = enabled
+        self.__dict__.pop("_compiled_fn", None)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_compiled_fn", None)  # compiled code does not pickle (Ray workers recompile)
+        return state
+
+    def _run_module(self, z: Tensor) -> Tensor:
+        if self.compiled and not _has_forward_hooks(self.module):
+            fn: Callable[[Tensor], Tensor] | None = self.__dict__.get("_compiled_fn")
+            if fn is None:
+                fn = torch.compile(self.module)
+                self.__dict__["_compiled_fn"] = fn  # not a registered submodule: no state_dict keys
+            try:
+                return fn(z)
+            except Exception as exc:  # any compiler failure: warn once, then run eagerly
+                reason = (str(exc).strip().splitlines() or [""])[0][:200]
+                warnings.warn(
+                    f"torch.compile failed for model {self.name!r} ({type(exc).__name__}: {reason}); "
+                    "running it eagerly",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.use_compile(False)
+        return self.module(z)
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -107,7 +154,7 @@ class Classifier(nn.Module):
         and the scores come back as float32, so losses and margins are computed in float32.
         """
         with eval_mode(self.module), eval_mode(self.preprocess):
-            out = self.module(self.module_input(x))
+            out = self._run_module(self.module_input(x))
         return self.check_scores(out).float() if _low_precision(out) else self.check_scores(out)
 
     def module_input(self, x: Tensor) -> Tensor:
@@ -179,6 +226,10 @@ class Classifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_classes={self.num_classes}, bounds={self.bounds}"
+
+
+def _has_forward_hooks(module: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype | None:
