@@ -245,3 +245,31 @@ def test_bad_configuration(kwargs: dict[str, Any], match: str) -> None:
 def test_bad_configuration_through_the_registry() -> None:
     with pytest.raises(ConfigError, match="queries must be an integer >= 1"):
         attacks.make("square", queries="0")
+
+
+@pytest.mark.parametrize(
+    ("param", "words"),
+    [("queries=0", "queries must be an integer >= 1"), ("p_init=1.5", "p_init must be in (0, 1]")],
+)
+def test_cli_bad_input_is_one_line_with_exit_code_2(
+    param: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evasion.cli.main import main
+
+    code = main(
+        [
+            "attack",
+            "--attack",
+            "square",
+            "--model",
+            "digits-mlp",
+            "--data",
+            "digits",
+            "-n",
+            "2",
+            "--param",
+            param,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and words in err and "\n" not in err
