@@ -93,3 +93,20 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(MissingDependencyError, match="evasion\\[distributed\\]"):
         evaluate(models.load("digits-mlp"), (x, y), specs()[1], engine=ray_engine.RayEngine())
+
+
+def test_cells_ask_for_a_gpu_only_when_the_models_are_on_cuda():
+    from types import SimpleNamespace
+
+    from evasion.engines.ray import RayEngine
+
+    class OnDevice:
+        def __init__(self, kind: str) -> None:
+            self.device = SimpleNamespace(type=kind)
+
+    cpu = SimpleNamespace(models={"m": OnDevice("cpu")})
+    gpu = SimpleNamespace(models={"m": OnDevice("cpu"), "g": OnDevice("cuda")})
+    assert RayEngine().resources(cpu) == {"num_cpus": 1.0, "num_gpus": 0.0}  # type: ignore[arg-type]
+    assert RayEngine().resources(gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}  # type: ignore[arg-type]
+    shared = RayEngine(cpus_per_task=2, gpus_per_task=0.25).resources(gpu)  # type: ignore[arg-type]
+    assert shared == {"num_cpus": 2, "num_gpus": 0.25}

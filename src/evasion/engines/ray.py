@@ -53,6 +53,9 @@ class RayEngine:
         threads: torch threads per task; default: the driver's, which keeps the records
             identical to the local engine's bit for bit (fewer threads per task avoid
             oversubscribing the cores when several tasks run at once, at that price).
+        gpus_per_task: GPUs reserved per cell; default (``None``): 1 when any evaluated model
+            is on a CUDA device (so Ray places each cell on a worker with a GPU and never two
+            on one GPU), else 0. Fractions share a GPU between cells (e.g. 0.25).
         shutdown: shut Ray down after the run if this engine started it.
     """
 
@@ -63,10 +66,19 @@ class RayEngine:
         num_cpus: int | None = None,
         cpus_per_task: float = 1.0,
         threads: int | None = None,
+        gpus_per_task: float | None = None,
         shutdown: bool = False,
     ):
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_task, self.threads, self.shutdown = cpus_per_task, threads, shutdown
+        self.gpus_per_task = gpus_per_task
+
+    def resources(self, ctx: Context) -> dict[str, float]:
+        """What each cell asks Ray for: CPUs, and GPUs when the models live on CUDA."""
+        gpus = self.gpus_per_task
+        if gpus is None:
+            gpus = 1.0 if any(m.device.type == "cuda" for m in ctx.models.values()) else 0.0
+        return {"num_cpus": self.cpus_per_task, "num_gpus": gpus}
 
     def _init(self, ray: Any) -> bool:
         if ray.is_initialized():
@@ -88,8 +100,9 @@ class RayEngine:
                 ray.shutdown()
 
     def _run(self, ray: Any, tasks: Sequence[Task], ctx: Context, load: Load, emit: Emit) -> None:
-        run_cell = ray.remote(num_cpus=self.cpus_per_task, num_returns=2, max_retries=0)(_execute)
-        redo = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(_replay)
+        asks = self.resources(ctx)
+        run_cell = ray.remote(**asks, num_returns=2, max_retries=0)(_execute)
+        redo = ray.remote(**asks, max_retries=0)(_replay)
         if self.threads is not None:
             ctx = replace(ctx, threads=self.threads)
         ctx_ref = ray.put(ctx)
