@@ -38,7 +38,8 @@ class Certificate:
     ``certified[i]``: the clean input is classified correctly and ``margin_lower[i] > 0``.
     ``status``/``counterexample`` (``milp`` only): "robust", "not-robust" (with an adversarial point
     re-checked by a fresh prediction) or "unknown" (time limit, or a solver point that did not
-    re-check); ``margin_upper`` is the margin at the counterexample (``inf`` when none).
+    re-check); ``margin_upper`` is the margin at the best point found (the clean margin when none),
+    ``sample_seconds`` the time each sample took.
     """
 
     method: str
@@ -50,6 +51,7 @@ class Certificate:
     status: tuple[str, ...] | None = None
     counterexample: tuple[Tensor | None, ...] | None = None
     margin_upper: Tensor | None = None
+    sample_seconds: Tensor | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -157,13 +159,15 @@ def certify(
     budget: int = BUDGET,
     time_limit: float = 30.0,
     exact: bool = False,
+    falsify: int = 50,
 ) -> Certificate:
     """Certify ``model`` on ``(x, y)`` against ``threat`` with ``method`` ("ibp", "crown" or "milp").
 
     ``alpha_steps`` > 0 optimises CROWN's lower ReLU slopes (alpha-CROWN); ``budget`` caps the cost of
     tightening a ReLU layer by CROWN (unstable neurons x widest earlier layer; above it: IBP bounds); ``time_limit`` is the
     MILP's per-sample limit in seconds (a timeout is "unknown", never "robust"); ``exact`` makes the
-    MILP solve every rival class, so that ``margin_lower``/``margin_upper`` bracket the exact margin.
+    MILP solve every rival class, so that ``margin_lower``/``margin_upper`` bracket the exact margin;
+    ``falsify`` steps of APGD look for counterexamples before the MILP (faster "not-robust").
     """
     clf: Classifier = as_classifier(model, x)
     x = clf.check_inputs(x)
@@ -175,11 +179,21 @@ def certify(
     if method == "milp":
         from .milp import certify_milp
 
-        res = certify_milp(clf, layers, x, y, threat, time_limit=time_limit, budget=budget, exact=exact)
+        res = certify_milp(
+            clf,
+            layers,
+            x,
+            y,
+            threat,
+            time_limit=time_limit,
+            budget=budget,
+            exact=exact,
+            falsify=0 if exact else falsify,
+        )
         certified = correct & torch.tensor([s == "robust" for s in res.status], dtype=torch.bool)
         return Certificate(
             method, threat, certified, res.margin_lower, correct, time.perf_counter() - start,
-            res.status, res.counterexample, res.margin_upper, res.notes,
+            res.status, res.counterexample, res.margin_upper, res.seconds, res.notes,
         )  # fmt: skip
     margins: list[Tensor] = []
     notes: set[str] = set()

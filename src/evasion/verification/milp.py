@@ -44,6 +44,7 @@ class MilpResult:
     margin_lower: Tensor
     margin_upper: Tensor
     counterexample: tuple[Tensor | None, ...]
+    seconds: Tensor
     notes: tuple[str, ...]
 
 
@@ -170,27 +171,56 @@ def _build(
 
 
 def _solve(
-    prog: _Program, cons: LinearConstraint, c: np.ndarray, const: float, limit: float
+    prog: _Program,
+    cons: LinearConstraint,
+    c: np.ndarray,
+    const: float,
+    limit: float,
+    cap: float | None = None,
 ) -> tuple[float, float, np.ndarray | None]:
-    """``(lower bound, objective of the best point, best point)`` of ``min c·v + const``."""
+    """``(lower bound, objective at the best point, best point)`` of ``min c·v + const``.
+
+    With ``cap``: only decide whether some point has ``c·v + const <= cap`` (a feasibility problem,
+    which HiGHS settles much faster than the minimum): infeasible proves the lower bound ``cap``.
+    """
+    constraints = [cons]
+    if cap is not None:
+        constraints.append(LinearConstraint(c.reshape(1, -1), -np.inf, cap - const))
     res = milp(
-        c,
+        np.zeros_like(c) if cap is not None else c,
         integrality=np.concatenate(prog.integ),
         bounds=Bounds(np.concatenate(prog.lo), np.concatenate(prog.hi)),
-        constraints=cons,
+        constraints=constraints,
         options={"time_limit": max(limit, 1e-3), "disp": False, "mip_rel_gap": 1e-6},
     )
     point = res.x if res.x is not None else None
-    value = float(res.fun) + const if point is not None else np.inf
+    value = float(c @ point) + const if point is not None else np.inf
     dual = getattr(res, "mip_dual_bound", None)
+    if cap is not None:  # infeasible: no point at or below the cap
+        return (cap if res.status == 2 else -np.inf), value, point
     if res.status == 0:  # optimal: the dual bound is the optimum up to the gap
         lower = float(dual) + const if dual is not None and np.isfinite(dual) else value
-        lower = min(lower, value)
-    elif res.status == 2:  # infeasible: the bounds were wrong or the ball is empty; prove nothing
-        lower = -np.inf
-    else:  # time limit (or other stop): the dual bound, if any, still holds
-        lower = float(dual) + const if dual is not None and np.isfinite(dual) else -np.inf
-    return lower, value, point
+        return min(lower, value), value, point
+    # infeasible (the bounds were wrong: prove nothing) or time limit (the dual bound still holds)
+    if res.status != 2 and dual is not None and np.isfinite(dual):
+        return float(dual) + const, value, point
+    return -np.inf, value, point
+
+
+def _falsify(clf: Classifier, x: Tensor, y: Tensor, threat: ThreatModel, steps: int) -> list[Tensor | None]:
+    """Adversarial points an APGD attack finds (re-checked by a fresh prediction, inside the ball)."""
+    if steps <= 0:
+        return [None] * x.shape[0]
+    from ..attacks import APGD
+
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    res = APGD(steps=steps, loss="margin")(clf, x, y, threat=threat, generator=gen)
+    adv = res.adversarial.detach()
+    dom_lo, dom_hi = threat.box_for(x)
+    inside = ((adv - x).flatten(1).abs().amax(1) <= threat.epsilon) & (adv >= dom_lo).flatten(1).all(1)
+    inside &= (adv <= dom_hi).flatten(1).all(1)
+    broken = (clf.predict(adv) != y) & inside
+    return [adv[i].clone() if bool(broken[i]) else None for i in range(x.shape[0])]
 
 
 def _margin(clf: Classifier, x: Tensor, y: int) -> float:
@@ -211,29 +241,42 @@ def certify_milp(
     time_limit: float,
     budget: int,
     exact: bool = False,
+    falsify: int = 50,
 ) -> MilpResult:
-    """Exact verification per sample (see the module docstring); ``exact`` solves every rival."""
+    """Exact verification per sample (see the module docstring); ``exact`` solves every rival.
+
+    ``falsify``: steps of an APGD attack (margin loss) run first; a sample it breaks (re-checked,
+    inside the ball) is "not-robust" without a MILP (0: none; ignored with ``exact``)."""
     from .certificate import class_margins, domain_for
 
     if time_limit <= 0:
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
     blocks = dense_blocks(layers, tuple(x.shape[1:]))
+    found = _falsify(clf, x, y, threat, falsify)
     status: list[str] = []
     lowers: list[float] = []
     uppers: list[float] = []
     points: list[Tensor | None] = []
+    seconds: list[float] = []
+    falsified = 0
+    start = time.perf_counter()
     for i in range(x.shape[0]):
+        if i:
+            seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         xi, yi = x[i : i + 1], int(y[i])
         with torch.no_grad():
             margins, others, lb = class_margins(layers, xi, y[i : i + 1], threat, budget=budget)
         crown = margins[0].double().numpy()
         upper, point = _margin(clf, xi, yi), None
-        if upper < 0:  # misclassified clean: the input itself is the counterexample
+        if upper < 0 or found[i] is not None:  # misclassified clean, or an attack's point re-checked
+            adv = xi[0].clone() if upper < 0 else found[i]
+            assert adv is not None
             status.append("not-robust")
             lowers.append(float(crown.min()))
-            uppers.append(upper)
-            points.append(xi[0].clone())
+            uppers.append(_margin(clf, adv[None], yi))
+            points.append(adv)
+            falsified += int(upper >= 0)
             continue
         dom = domain_for(xi, threat)
         lo, hi = (t.reshape(-1).double().numpy() for t in (dom.lower, dom.upper))
@@ -256,16 +299,23 @@ def certify_milp(
                 break
             c = np.zeros(prog.n_vars)
             c[last0 : last0 + last_n] = w[yi] - w[k]
-            low, value, sol = _solve(prog, cons, c, float(b[yi] - b[k]), left)
-            best[col] = max(best[col], low - TOL)
-            if sol is not None and value < upper:  # re-check the solver's point by a fresh prediction
-                cand = torch.from_numpy(sol[: lo.size]).to(x.dtype).reshape(xi.shape)
-                cand = torch.minimum(torch.maximum(cand, dom.lower), dom.upper)
-                real = _margin(clf, cand, yi)
-                if real < upper:
-                    upper, point = real, cand[0]
-                if real < 0 and not exact:
+            const = float(b[yi] - b[k])
+            low, value, sol = _solve(prog, cons, c, const, left, cap=None if exact else TOL)
+            for attempt in range(2):
+                if sol is not None and value < upper:  # re-check the solver's point by a fresh prediction
+                    cand = torch.from_numpy(sol[: lo.size]).to(x.dtype).reshape(xi.shape)
+                    cand = torch.minimum(torch.maximum(cand, dom.lower), dom.upper)
+                    real = _margin(clf, cand, yi)
+                    if real < upper:
+                        upper, point = real, cand[0]
+                left = time_limit - (time.perf_counter() - start)
+                if attempt or exact or sol is None or upper < 0 or left <= 0:
                     break
+                # a point at the cap that does not re-check (a tie, rounding): find the minimum
+                low, value, sol = _solve(prog, cons, c, const, left)
+            best[col] = max(best[col], low - (TOL if exact else 0.0))
+            if upper < 0 and not exact:
+                break
             if best[col] <= 0 and not (point is not None and upper < 0):
                 state = "unknown"
         if point is not None and upper < 0:
@@ -276,10 +326,16 @@ def certify_milp(
         lowers.append(float(best.min()))
         uppers.append(upper)
         points.append(point if state == "not-robust" else None)
+    if x.shape[0]:
+        seconds.append(time.perf_counter() - start)
+    notes = (
+        (f"{falsified} counterexample(s) found by the APGD falsifier before the MILP",) if falsified else ()
+    )
     return MilpResult(
         tuple(status),
         torch.tensor(lowers, dtype=x.dtype),
         torch.tensor(uppers, dtype=x.dtype),
         tuple(points),
-        (),
+        torch.tensor(seconds, dtype=torch.float64),
+        notes,
     )
