@@ -112,14 +112,22 @@ class RunConfig:
     default_suite: bool = False
     #: run every model through torch.compile (eager with a warning where it cannot compile)
     compile: bool = False
+    #: ``batch_size = "auto"``: measured on this machine when the run starts (see
+    #: :func:`evasion.runtime.auto_batch_size`); the number chosen is recorded in the run
+    auto_batch: bool = False
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> RunConfig:
-        t = _table("run", d, [f.name for f in fields(cls)])
+        t = _table("run", d, [f.name for f in fields(cls) if f.name != "auto_batch"])
+        size = t.get("batch_size", cls.batch_size)
+        auto = isinstance(size, str) and size.strip().lower() == "auto"
+        if isinstance(size, str) and not auto:
+            raise ConfigError(f'run.batch_size must be a positive integer or "auto", got {size!r}')
         return cls(
             name=_name("run.name", t.get("name", cls.name)),
             seed=_int("run.seed", t.get("seed", cls.seed), 0),
-            batch_size=_int("run.batch_size", t.get("batch_size", cls.batch_size), 1),
+            batch_size=cls.batch_size if auto else _int("run.batch_size", size, 1),
+            auto_batch=auto,
             device=_type("run.device", t.get("device", cls.device), str, "a device name"),
             self_check=_type("run.self_check", t.get("self_check", cls.self_check), bool, "true or false"),
             default_suite=_type(
@@ -264,7 +272,11 @@ class Config:
     def to_toml(self) -> str:
         """The resolved config as TOML (defaults filled in; loads back to an equal config)."""
         lines = [f"# resolved from {self.source}", "", "[run]"]
-        lines += [f"{f.name} = {_value(getattr(self.run, f.name))}" for f in fields(self.run)]
+        lines += [
+            f"{f.name} = {_value('auto' if f.name == 'batch_size' and self.run.auto_batch else getattr(self.run, f.name))}"
+            for f in fields(self.run)
+            if f.name != "auto_batch"
+        ]
         lines += ["", "[data]"]
         lines += [f"{f.name} = {_value(getattr(self.data, f.name))}" for f in fields(self.data)]
         if self.epsilons:

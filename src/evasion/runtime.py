@@ -45,6 +45,7 @@ __all__ = [
     "RECHECK_SECONDS",
     "ThreadPolicy",
     "active",
+    "auto_batch_size",
     "available_cpus",
     "busy_elsewhere",
     "configure",
@@ -294,3 +295,65 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {str(device)!r} is not supported; devices here: {here}")
     return dev
+
+
+#: batch sizes tried by :func:`auto_batch_size` on the CPU (GPUs double from the first one)
+BATCH_CANDIDATES = (16, 32, 64, 128, 256, 512)
+
+
+def _fwd_bwd(model: torch.nn.Module, x: torch.Tensor) -> None:
+    xg = x.detach().clone().requires_grad_(True)
+    out = model(xg)
+    (g,) = torch.autograd.grad(out.float().logsumexp(1).sum(), xg)
+    del g
+
+
+def auto_batch_size(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    *,
+    candidates: tuple[int, ...] = BATCH_CANDIDATES,
+    largest: int = 4096,
+    limit: int | None = None,
+) -> int:
+    """The attack batch size for ``model`` on this machine, measured.
+
+    CPU: the candidate with the most images per second of a forward+backward pass w.r.t. the
+    input (one timed pass each after a warm-up; the search stops once throughput falls twice
+    below the best). CUDA: the largest power of two from ``candidates[0]`` up to ``largest``
+    whose forward+backward fits in free memory (an out-of-memory error ends the search).
+    ``example`` is one input or a batch of inputs of the model's shape (on any device);
+    ``limit`` caps the answer (e.g. at the number of samples). Machine-dependent by design:
+    store the number it returns (``evasion evaluate`` records it in the run) to reproduce a run.
+    """
+    x1 = example if example.dim() >= 2 and example.shape[0] >= 1 else example[None]
+    x1 = x1[:1]
+    device = next((p.device for p in model.parameters()), x1.device)
+    x1 = x1.to(device)
+    cap = min(largest, limit) if limit is not None else largest
+    if device.type == "cuda":
+        best, b = 0, candidates[0]
+        while b <= cap:
+            try:
+                _fwd_bwd(model, x1.expand(b, *x1.shape[1:]))
+                torch.cuda.synchronize(device)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            best, b = b, b * 2
+        return max(best, 1)
+    sizes = [b for b in candidates if b <= cap] or [max(1, cap)]
+    _fwd_bwd(model, x1.expand(sizes[0], *x1.shape[1:]))  # warm-up (allocator, kernels)
+    best, best_rate, worse = sizes[0], 0.0, 0
+    for b in sizes:
+        xb = x1.expand(b, *x1.shape[1:])
+        start = time.perf_counter()
+        _fwd_bwd(model, xb)
+        rate = b / max(time.perf_counter() - start, 1e-9)
+        if rate > best_rate:
+            best, best_rate, worse = b, rate, 0
+        elif rate < 0.9 * best_rate:
+            worse += 1
+            if worse == 2:
+                break
+    return best

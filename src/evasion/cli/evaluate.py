@@ -9,18 +9,26 @@ HTML report and prints a summary. Re-running the same command resumes.
 from __future__ import annotations
 
 import argparse
+import logging
+import sqlite3
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from ..build import build
-from ..config import load_config
+from ..config import RunConfig, load_config
 from ..errors import ConfigError, StoreError
 from ..evaluation import Engine, Evaluation, ProgressEvent, evaluate
+from ..models.classifier import Classifier
+from ..runtime import auto_batch_size
 from ..store import RunStore
 from ..store.catalog import DEFAULT_ROOT
 from .common import ProgressBar, environment, pick_device, progress, write_json
+
+log = logging.getLogger("evasion")
 
 __all__ = ["add_parser", "build", "run"]
 
@@ -52,6 +60,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--address", help="Ray cluster address for --engine ray (default: a local instance)")
     p.add_argument("--device", help="override run.device: auto, cpu, cuda, cuda:N")
     p.add_argument("--samples", type=int, help="override data.samples (the first N inputs)")
+    p.add_argument(
+        "--batch-size",
+        help="override run.batch_size: a number, or auto (measured on this machine: the fastest batch "
+        "on a CPU, the largest that fits on a GPU; recorded in the run, reused when it resumes)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
     p.set_defaults(func=run)
@@ -93,16 +106,47 @@ def _engine(args: argparse.Namespace) -> Engine | None:
     return RayEngine(address=args.address)
 
 
+def _run_table(run: RunConfig) -> dict[str, object]:
+    return {f.name: getattr(run, f.name) for f in fields(run) if f.name != "auto_batch"}
+
+
+def _auto_batch(out: Path, clfs: dict[str, Classifier], x: Tensor) -> int:
+    """``batch_size = "auto"``: the size a resumed run recorded, else one measured now."""
+    db = out / "results.sqlite"
+    if db.is_file():
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = 'batch_size'").fetchone()
+        except sqlite3.Error:
+            row = None
+        finally:
+            con.close()
+        recorded = str(row[0]) if row else ""
+        if recorded.isdigit() and int(recorded) > 0:
+            log.info("batch size %s (recorded in %s)", recorded, out)
+            return int(recorded)
+    sizes = [auto_batch_size(clf, x[:1], limit=max(1, len(x))) for clf in clfs.values()]
+    size = min(sizes) if sizes else 1
+    log.info("batch size %d (measured on this machine for %s)", size, ", ".join(clfs))
+    return size
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.samples is not None:
         if args.samples < 0:
             raise ConfigError(f"--samples must be >= 0, got {args.samples}")
         config = replace(config, data=replace(config.data, samples=args.samples))
+    if args.batch_size is not None:
+        size = int(args.batch_size) if args.batch_size.strip().lstrip("-").isdigit() else args.batch_size
+        config = replace(config, run=RunConfig.parse({**_run_table(config.run), "batch_size": size}))
     device = pick_device(args.device or config.run.device)
     clfs, data, specs = build(config, device)
     engine = _engine(args)
     out = args.out or DEFAULT_ROOT / config.run.name
+    if config.run.auto_batch:
+        size = _auto_batch(out, clfs, data.x)
+        config = replace(config, run=replace(config.run, batch_size=size, auto_batch=False))
     started = time.time()
     session = {"command": "evaluate", "config": config.source, "engine": args.engine, **environment(device)}
     with RunStore(out, session=session, config_text=config.to_toml()) as store, progress(args.quiet) as bar:
