@@ -46,7 +46,7 @@ def test_config_accepts_auto_and_round_trips() -> None:
     assert RunConfig.parse({"batch_size": 64}) == RunConfig(batch_size=64)
     with pytest.raises(ConfigError, match='batch_size must be a positive integer or "auto"'):
         RunConfig.parse({"batch_size": "large"})
-    with pytest.raises(ConfigError, match="unknown key run.auto_batch"):
+    with pytest.raises(ConfigError, match=r"unknown key run\.auto_batch"):
         RunConfig.parse({"auto_batch": True})
 
 
