@@ -214,3 +214,23 @@ def test_bad_input_is_named() -> None:
     pooled = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 2)).eval()
     with pytest.raises(ConfigError, match=r"milp cannot encode layer '0' \(MaxPool2d\)"):
         certify(pooled, x, y, threat=linf, method="milp")
+
+
+def test_sandwich_counts_the_band_between_proof_and_attack() -> None:
+    from evasion.verification import sandwich
+
+    model = _two_neurons()
+    x, y = torch.zeros(3, 1, 1, 1), torch.tensor([1, 1, 0])  # the last sample is a clean error
+    certs = []
+    for eps in (0.2, 0.3):
+        threat = evasion.ThreatModel("linf", eps, bounds=(-1.0, 1.0))
+        certs += [certify(model, x, y, threat=threat, method=m) for m in ("ibp", "crown")]
+    unbroken = {0.2: torch.tensor([True, True, False]), 0.3: torch.tensor([True, False, False])}
+    rows = sandwich(certs, unbroken)
+    assert [r.epsilon for r in rows] == [0.2, 0.3]
+    assert rows[0].certified == pytest.approx(2 / 3) and rows[0].by_method == pytest.approx(
+        {"ibp": 2 / 3, "crown": 2 / 3}
+    )
+    assert rows[0].unknown == 0 and rows[0].contradictions == 0 and rows[0].exact is None
+    assert rows[1].by_method["ibp"] == 0.0 and rows[1].certified == pytest.approx(2 / 3)
+    assert rows[1].contradictions == 1  # certified by CROWN, "broken" by the made-up attack outcome

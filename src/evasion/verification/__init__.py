@@ -10,6 +10,7 @@ from __future__ import annotations
 from .bounds import ibp_bounds, margin_lower_from_bounds
 from .certificate import METHODS, Certificate, certify
 from .crown import Domain
+from .sandwich import SandwichRow, sandwich
 from .smoothing import ABSTAIN, SmoothedClassifier, SmoothingCertificate, attack_smoothed
 
 __all__ = [
@@ -17,10 +18,12 @@ __all__ = [
     "METHODS",
     "Certificate",
     "Domain",
+    "SandwichRow",
     "SmoothedClassifier",
     "SmoothingCertificate",
     "attack_smoothed",
     "certify",
     "ibp_bounds",
     "margin_lower_from_bounds",
+    "sandwich",
 ]

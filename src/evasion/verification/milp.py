@@ -290,8 +290,8 @@ def certify_milp(
         best = crown.copy()
         state = "robust"
         for col in np.argsort(crown):
-            if crown[col] > TOL and not exact:
-                continue
+            if (crown[col] > TOL and not exact) or (exact and crown[col] >= upper):
+                continue  # proved by CROWN; or (exact) cannot be the minimising rival
             k = int(others[0, col])
             left = time_limit - (time.perf_counter() - start)
             if left <= 0:
