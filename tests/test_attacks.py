@@ -28,6 +28,7 @@ FAST: dict[str, attacks.Attack] = {
     "noise": attacks.Noise(kind="gaussian", draws=2),
     "onepixel": attacks.OnePixel(population=20, generations=5),
     "jsma": attacks.JSMA(gamma=0.5),
+    "square": attacks.Square(queries=100),
     "substitute": attacks.Substitute(seeds=8, rounds=3, epochs=3, transfer="fgsm"),
 }
 EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0, "l0": 3.0}
