@@ -190,9 +190,9 @@ def certify(
             exact=exact,
             falsify=0 if exact else falsify,
         )
-        certified = correct & torch.tensor([s == "robust" for s in res.status], dtype=torch.bool)
+        certified = correct.cpu() & torch.tensor([s == "robust" for s in res.status], dtype=torch.bool)
         return Certificate(
-            method, threat, certified, res.margin_lower, correct, time.perf_counter() - start,
+            method, threat, certified, res.margin_lower, correct.cpu(), time.perf_counter() - start,
             res.status, res.counterexample, res.margin_upper, res.seconds, res.notes,
         )  # fmt: skip
     margins: list[Tensor] = []

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .layers import Layer, diagonal, ibp_layer
 
 __all__ = ["BUDGET", "Domain", "LinearBounds", "backward_bound", "concretize", "relu_bounds"]
@@ -119,7 +120,7 @@ def _windows(m: nn.MaxPool2d, t: Tensor, out_hw: tuple[int, int]) -> tuple[Tenso
     cols = F.unfold(padded, k, dilation=d, stride=st)
     n, c = t.shape[:2]
     if cols.shape[2] != out_hw[0] * out_hw[1]:
-        raise ValueError(f"pooling windows {cols.shape[2]} do not match the output {out_hw}")
+        raise ConfigError(f"cannot relax MaxPool2d {m}: {cols.shape[2]} windows for an output of {out_hw}")
     return cols.reshape(n, c, k[0] * k[1], -1), pads
 
 

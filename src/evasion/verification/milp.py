@@ -51,7 +51,7 @@ class MilpResult:
 def _dense(block: list[Layer], in_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """``(W, b, out_shape)`` of a chain of affine layers, in float64."""
     size = int(np.prod(in_shape))
-    mods = [Layer(la.name, copy.deepcopy(la.module).double(), la.kind) for la in block]
+    mods = [Layer(la.name, copy.deepcopy(la.module).to("cpu", torch.float64), la.kind) for la in block]
     with torch.no_grad():
         zero = torch.zeros((1, *in_shape), dtype=torch.float64)
         for la in mods:
@@ -267,7 +267,7 @@ def certify_milp(
         xi, yi = x[i : i + 1], int(y[i])
         with torch.no_grad():
             margins, others, lb = class_margins(layers, xi, y[i : i + 1], threat, budget=budget)
-        crown = margins[0].double().numpy()
+        crown = margins[0].double().cpu().numpy()
         upper, point = _margin(clf, xi, yi), None
         if upper < 0 or found[i] is not None:  # misclassified clean, or an attack's point re-checked
             adv = xi[0].clone() if upper < 0 else found[i]
@@ -279,9 +279,9 @@ def certify_milp(
             falsified += int(upper >= 0)
             continue
         dom = domain_for(xi, threat)
-        lo, hi = (t.reshape(-1).double().numpy() for t in (dom.lower, dom.upper))
+        lo, hi = (t.reshape(-1).double().cpu().numpy() for t in (dom.lower, dom.upper))
         pre = {
-            j: (b[0].reshape(-1).double().numpy(), b[1].reshape(-1).double().numpy())
+            j: (b[0].reshape(-1).double().cpu().numpy(), b[1].reshape(-1).double().cpu().numpy())
             for j, b in enumerate(lb.bounds)
         }
         prog, (last0, last_n) = _build(blocks, lo, hi, pre)
@@ -303,7 +303,7 @@ def certify_milp(
             low, value, sol = _solve(prog, cons, c, const, left, cap=None if exact else TOL)
             for attempt in range(2):
                 if sol is not None and value < upper:  # re-check the solver's point by a fresh prediction
-                    cand = torch.from_numpy(sol[: lo.size]).to(x.dtype).reshape(xi.shape)
+                    cand = torch.from_numpy(sol[: lo.size]).to(x.device, x.dtype).reshape(xi.shape)
                     cand = torch.minimum(torch.maximum(cand, dom.lower), dom.upper)
                     real = _margin(clf, cand, yi)
                     if real < upper:
