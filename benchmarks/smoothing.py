@@ -27,11 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats
 
 from evasion import ThreatModel
 from evasion.attacks import PGD
@@ -75,6 +77,7 @@ def curve(
         if bool(cert.certified(y).any())
         else 0.0,
         "seconds": round(seconds, 2),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "_certificate": cert,
     }
 
@@ -103,38 +106,61 @@ def attack(
                 "certified_accuracy": float(covered.double().mean()),
                 "broken_but_certified": int((res.broken & covered).sum()),
                 "seconds": round(time.perf_counter() - start, 2),
+                "load_average": [round(v, 2) for v in os.getloadavg()],
             }
         )
     return rows
 
 
-def speed(x: torch.Tensor, n: int, batch: int, device: torch.device) -> dict[str, Any]:
-    """CERTIFY (n0 = 100, n) vs. the pure forward passes of the same inputs in the same batches."""
+def speed(x: torch.Tensor, n: int, batch: int, device: torch.device, repeats: int) -> dict[str, Any]:
+    """CERTIFY (n0 = 100, n) vs. the pure forward passes of the same inputs in the same batches.
+
+    Interleaved (certify, forward, certify, forward ...) ``repeats`` times, medians reported: on a
+    shared machine single timings swing. The noise draws alone are timed too (what certify adds).
+    """
     model = load_model("mnist-cnn-noise-0.25", device=device)
     smoothed = SmoothedClassifier(model, 0.25, batch_size=batch)
     total = x.shape[0] * (100 + n)
     fixed = x[:1].to(device).expand(batch, *x.shape[1:]).contiguous()
     smoothed.certify(x[:1], 10, 2 * batch, ALPHA)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    smoothed.certify(x, 100, n, ALPHA, torch.Generator().manual_seed(0))
-    _sync(device)
-    certify_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
+
+    def timed(run: Any) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        return time.perf_counter() - start
+
+    def forward() -> None:
+        with torch.no_grad():
+            for first in range(0, total, batch):
+                model(fixed[: min(batch, total - first)]).argmax(1)
+
+    def noise() -> None:
+        gen = torch.Generator(device=device).manual_seed(0)
         for first in range(0, total, batch):
-            model(fixed[: min(batch, total - first)]).argmax(1)
-    _sync(device)
-    forward_seconds = time.perf_counter() - start
+            torch.randn((min(batch, total - first), *x.shape[1:]), generator=gen, device=device)
+
+    runs: dict[str, list[float]] = {"certify": [], "forward": [], "noise": []}
+    for r in range(repeats):
+        gen = torch.Generator().manual_seed(r)
+        runs["certify"].append(timed(lambda g=gen: smoothed.certify(x, 100, n, ALPHA, g)))
+        runs["forward"].append(timed(forward))
+        runs["noise"].append(timed(noise))
+    med = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "images": x.shape[0],
         "n": n,
         "batch_size": batch,
+        "repeats": repeats,
         "forwards": total,
-        "certify_seconds": round(certify_seconds, 3),
-        "forward_seconds": round(forward_seconds, 3),
-        "ratio": round(certify_seconds / forward_seconds, 3),
-        "forwards_per_second": round(total / forward_seconds),
+        "certify_seconds": round(med["certify"], 3),
+        "forward_seconds": round(med["forward"], 3),
+        "noise_seconds": round(med["noise"], 3),
+        "ratio": round(med["certify"] / med["forward"], 3),
+        "ratios": [round(c / f, 3) for c, f in zip(runs["certify"], runs["forward"], strict=True)],
+        "forwards_per_second": round(total / med["forward"]),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -167,8 +193,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Randomized smoothing and IBP certified training (mnist5k)",
         "",
-        f"Machine: {m['cpus']} CPUs, torch threads {m['torch_threads']}, device {m['device']}, "
-        f"load average before / after {m['load_average']} / {m['load_average_after']}.",
+        f"Machine: {m['cpus']} CPUs, torch threads {m['torch_threads']}, device {m['device']}; load average "
+        f"(1, 5, 15 min) at the start / end of the last run {m['load_average']} / {m['load_average_after']} "
+        "(each section's JSON has the load average when it ended). Timings on a loaded machine swing.",
         "",
         "Certified numbers are proofs about the *smoothed* classifier g (with probability 1 - alpha), "
         "not about the base model.",
@@ -188,7 +215,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {c['sigma']:g} | {c['base_clean_accuracy']:.3f} | {c['abstained']:.3f} | {accs} | {c['seconds']} |"
             )
-        lines.append("")
+        largest = ", ".join(
+            f"{c['sigma']:g}: {c['sigma'] * stats.norm.ppf(c['alpha'] ** (1 / c['n'])):.3f}"
+            for c in results["curves"]
+        )
+        lines += [
+            "",
+            f"With n draws no radius above sigma * Phi^-1(alpha^(1/n)) can be certified "
+            f"(sigma {largest}): "
+            "larger n certifies larger radii.",
+            "",
+        ]
     if results.get("attack"):
         lines += [
             "## PGD through Monte-Carlo noise on the smoothed classifier (sigma 0.25)",
@@ -211,9 +248,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "## Speed: CERTIFY with n = 100,000 per image vs. pure forward passes",
             "",
-            f"{s['images']} image(s), {s['forwards']:,} forwards in batches of {s['batch_size']:,}: "
-            f"certify {s['certify_seconds']} s, forward only {s['forward_seconds']} s, "
-            f"**ratio {s['ratio']}** ({s['forwards_per_second']:,} forwards/s).",
+            f"{s['images']} image(s), {s['forwards']:,} forwards in batches of {s['batch_size']:,}, medians of "
+            f"{s['repeats']} interleaved runs: certify {s['certify_seconds']} s, forward only "
+            f"{s['forward_seconds']} s (of which the noise draws would be {s['noise_seconds']} s), "
+            f"**ratio {s['ratio']}** (per run: {s['ratios']}; {s['forwards_per_second']:,} forwards/s; "
+            f"load average {s['load_average']}).",
             "",
         ]
     if results.get("ibp"):
@@ -243,18 +282,26 @@ def main() -> int:
     p.add_argument("--images", type=int, default=100, help="test images for the curves")
     p.add_argument("--n", type=int, default=10_000, help="Monte-Carlo draws per image for the curves")
     p.add_argument("--attack-images", type=int, default=50)
-    p.add_argument("--timing-images", type=int, default=2, help="images certified with n = 100,000")
+    p.add_argument("--timing-images", type=int, default=1, help="images certified with n = 100,000")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing runs (medians reported)")
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--skip", nargs="*", default=[], choices=["curve", "attack", "speed", "ibp", "crown"])
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["curve", "attack", "speed", "ibp", "crown"],
+        help="sections not to run (those of an earlier results file at --out are kept)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "smoothing.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load_before = os.getloadavg()
     test = load_dataset("mnist5k", split="test")
-    results: dict[str, Any] = {}
+    # sections not run this time are kept from an earlier results file
+    results: dict[str, Any] = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     if "curve" not in args.skip:
         x, y = test.x[: args.images], test.y[: args.images]
         results["curves"] = [curve(s, x, y, args.n, args.batch_size, device) for s in (0.25, 0.5)]
@@ -267,7 +314,7 @@ def main() -> int:
         for c in results["curves"]:
             del c["_certificate"]
     if "speed" not in args.skip:
-        results["speed"] = speed(test.x[: args.timing_images], 100_000, args.batch_size, device)
+        results["speed"] = speed(test.x[: args.timing_images], 100_000, args.batch_size, device, args.repeats)
     if "ibp" not in args.skip:
         results["ibp"] = ibp(device, crown="crown" not in args.skip)
     results["machine"] = {
