@@ -165,6 +165,15 @@ def _markdown(res: dict[str, Any]) -> str:
         f"at end {cfg['load_end']} (2 shared cores: wall times are indicative only). "
         "`python benchmarks/transfer.py` " + " ".join(cfg["argv"]),
         "",
+    ]
+    if cfg.get("skipped_sections_from_run"):
+        prev = cfg["skipped_sections_from_run"]
+        lines += [
+            f"Skipped sections kept from the run `{' '.join(prev.get('argv', [])) or '(defaults)'}` "
+            f"(load average at start {prev.get('load_start')}, at end {prev.get('load_end')}).",
+            "",
+        ]
+    lines += [
         "## Substitute attack (labels only)",
         "",
         "Seeds: the first 150 test images after a seeded shuffle (held out from the attacked images); 6 rounds of Jacobian "
@@ -259,6 +268,12 @@ def main() -> None:
     if args.quick:
         budgets = {"linf": [0.1], "l2": [2.0]}
     res: dict[str, Any] = {"config": {}, "substitute": [], "matrix": [], "universal": []}
+    merged_from: dict[str, Any] = {}
+    previous = RESULTS / "transfer.json"
+    if skip - {""} and previous.exists():  # a skipped section keeps its last results
+        old = json.loads(previous.read_text())
+        res.update({k: old.get(k, []) for k in ("substitute", "matrix", "universal") if k in skip})
+        merged_from = old.get("config", {})
     if "substitute" not in skip:
         res["substitute"] = substitute_section([v for v in args.victims.split(",") if v], seeds, x, y)
     if "matrix" not in skip:
@@ -273,6 +288,7 @@ def main() -> None:
         "load_end": [round(v, 2) for v in os.getloadavg()],
         "threads": torch.get_num_threads(),
         "argv": sys.argv[1:],
+        "skipped_sections_from_run": merged_from,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "transfer.json").write_text(json.dumps(res, indent=2))

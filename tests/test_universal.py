@@ -25,7 +25,7 @@ def test_respects_budget_and_box_and_fools(one_thread, p: str, eps: float) -> No
     assert float(norm(u.perturbation[None], p)[0]) <= eps + 1e-5
     pushed = u.apply(_x(8, seed=7))
     assert float(pushed.min()) >= 0.0 and float(pushed.max()) <= 1.0
-    assert 1 <= u.passes == len(u.history) <= 2 and u.fooling_rate == u.history[-1]
+    assert 1 <= u.passes == len(u.history) <= 2 and u.fooling_rate == max(u.history)
     assert u.fooling_rate > 0.2 and u.backwards > 0
     # the fit-set rate is the rate of the returned v on the fitting images
     assert u.fooling_rate == pytest.approx(fooling_rate(model, _x(), u))

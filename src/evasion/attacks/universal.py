@@ -5,7 +5,8 @@ the images in a random order (from the generator) and, for each image that ``v``
 yet, adds the minimal perturbation that sends ``x + v`` across the nearest decision boundary
 (the library's :class:`~evasion.attacks.DeepFool`), then projects ``v`` back onto the L∞ or L2
 ball of radius ``epsilon``. It stops when the fooling rate on the fitting images reaches
-``fooling`` or after ``passes`` passes. It is not a per-sample :class:`Attack`: it returns a
+``fooling`` or after ``passes`` passes, and returns the ``v`` of the best pass (with dense L∞
+steps a pass can undo the previous one's gains). It is not a per-sample :class:`Attack`: it returns a
 :class:`UniversalPerturbation` record.
 
 **Fooling rate.** The fraction of images whose *predicted* label changes when ``v`` is added:
@@ -45,9 +46,10 @@ class UniversalPerturbation:
     """One perturbation for a dataset, and how well it fools the model it was fitted on.
 
     Attributes:
-        perturbation: ``v``, shaped like one image, ``||v|| <= epsilon``.
+        perturbation: ``v``, shaped like one image, ``||v|| <= epsilon``: the ``v`` of the pass
+            with the highest fooling rate on the fitting images.
         norm, epsilon: the budget it respects.
-        fooling_rate: on the fitting images, after the last pass.
+        fooling_rate: on the fitting images, of the returned ``v``.
         history: the fitting-set fooling rate after each pass.
         passes: passes made over the fitting images.
         forwards, backwards: model evaluations and class-gradient computations used to fit it.
@@ -165,7 +167,7 @@ class Universal:
         threat = ThreatModel(self.norm, math.inf, bounds=clf.bounds)
         fwd = bwd = 0
         history: list[float] = []
-        rate = 0.0
+        best, best_rate = v.clone(), 0.0
         for _ in range(self.passes):
             order = torch.randperm(x.shape[0], generator=gen).to(x.device)
             for idx in order.split(self.batch_size):
@@ -175,13 +177,15 @@ class Universal:
             fwd += int(x.shape[0])
             rate = float(fooled.float().mean())
             history.append(rate)
+            if rate > best_rate:  # a pass can undo the last one's gains: keep the best v
+                best, best_rate = v.clone(), rate
             if rate >= self.fooling:
                 break
         return UniversalPerturbation(
-            perturbation=v.detach().cpu(),
+            perturbation=best.detach().cpu(),
             norm=self.norm,
             epsilon=float(self.epsilon),
-            fooling_rate=rate,
+            fooling_rate=best_rate,
             history=tuple(history),
             passes=len(history),
             forwards=fwd,
