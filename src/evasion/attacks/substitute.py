@@ -261,7 +261,9 @@ class SubstituteReport:
 
     ``agreement``: fraction of the attacked images on which the substitute's label equals the
     victim's; ``transfer_success``: the result's success rate (victim wrong on the examples);
-    ``training_queries`` + ``verification_queries`` = ``total_queries`` (the victim's count).
+    ``training_queries`` (one per training point of the substitute) + ``verification_queries``
+    (the victim's clean labels of the attacked images that are not seeds, for the agreement,
+    and one label per adversarial example) = ``total_queries`` (the victim's count).
     """
 
     result: AttackResult
