@@ -209,3 +209,21 @@ def test_attack_never_breaks_a_certified_radius_of_a_small_relu_network() -> Non
     x, y, radius = x[keep], cert.prediction[keep], float(cert.radius[keep].min())
     result = attack_smoothed(smoothed, x, y, epsilon=radius, samples=32, steps=10, n=2_000)
     assert not bool(result.broken.any())
+
+
+def test_selection_and_estimation_draws_are_independent_without_a_generator() -> None:
+    clf, w, b = linear_model()
+    smoothed = SmoothedClassifier(clf, 0.5)
+    x = points(w, b, [0.01, -0.02])
+    seen: list[Tensor] = []
+    counts = smoothed.counts
+
+    def spy(*args: object, **kwargs: object) -> Tensor:
+        out = counts(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(out)
+        return out
+
+    smoothed.counts = spy  # type: ignore[method-assign]
+    first = smoothed.certify(x, 500, 500, 0.01)
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])  # fresh noise for the estimate
+    assert torch.equal(first.top_count, smoothed.certify(x, 500, 500, 0.01).top_count)  # seeded default

@@ -250,6 +250,8 @@ class SmoothedClassifier:
         alpha = _alpha(alpha)
         if n0 > n:
             raise ConfigError(f"n0 ({n0}) must not exceed n ({n}): n0 selects the class, n certifies it")
+        if generator is None:  # one generator for both rounds: the selection draws stay independent
+            generator = torch.Generator().manual_seed(0)
         guess = self.counts(x, n0, generator).argmax(dim=1)
         n_a = self.counts(x, n, generator).gather(1, guess[:, None])[:, 0]
         counts = n_a.numpy()
