@@ -158,10 +158,11 @@ class Classifier(nn.Module):
         return self.check_scores(out).float() if _low_precision(out) else self.check_scores(out)
 
     def module_input(self, x: Tensor) -> Tensor:
-        """``x`` preprocessed and cast to the module's floating dtype (a no-op for float32)."""
+        """``x`` preprocessed, and cast to the module's dtype when that is bfloat16 or float16."""
         z = self.preprocess(x)
         dtype = _floating_dtype(self.module)
-        return z if dtype is None or z.dtype == dtype else z.to(dtype)
+        # only narrower floats are cast to; a float64 module keeps its own handling of float32 input
+        return z.to(dtype) if dtype in _LOW_PRECISION and z.dtype != dtype else z
 
     @property
     def num_scores(self) -> int:
@@ -240,8 +241,11 @@ def _floating_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def _low_precision(t: object) -> bool:
-    return isinstance(t, Tensor) and t.dtype in (torch.bfloat16, torch.float16)
+    return isinstance(t, Tensor) and t.dtype in _LOW_PRECISION
 
 
 def as_classifier(model: nn.Module, x: Tensor | None = None) -> Classifier:

@@ -123,10 +123,8 @@ class _Pipeline(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.extractor(x)
-        # a low-precision extractor (bfloat16 on a GPU) feeds a float32 head: cast the features
-        dtype = next((t.dtype for t in self.head.parameters() if t.is_floating_point()), None)
-        dtype = dtype or next((t.dtype for t in self.head.buffers() if t.is_floating_point()), z.dtype)
-        return self.head(z if z.dtype == dtype else z.to(dtype))
+        # a low-precision extractor (bfloat16 on a GPU) feeds the head float32 features
+        return self.head(z.float() if z.dtype in (torch.bfloat16, torch.float16) else z)
 
 
 class DeepFeatureClassifier(Classifier):
