@@ -4,7 +4,7 @@ The margin ``f_y(x') - max_{k != y} f_k(x')`` stays positive over the whole ball
 example exists there. Each method bounds its minimum from below (``margin_lower``); a sample is
 certified when the bound is positive and the clean input is classified correctly:
 
-- ``ibp``: logit intervals, ``l_y - max_{k != y} u_k`` (cheap, loose);
+- ``ibp``: interval bounds, the last Linear layer folded into the margin (cheap, loose);
 - ``crown``: the specification ``e_y - e_k`` carried backwards for each ``k`` (the margin is bounded
   directly, not from logit intervals), taking the better of it and IBP's bound for each ``k``;
 - ``milp``: the exact minimum by mixed-integer programming (:mod:`.milp`), with a status per sample.
@@ -123,8 +123,9 @@ def class_margins(
     crown = backward_bound(layers, spec, lb.bounds, dom)
     if alpha_steps > 0:
         crown = _optimise(layers, spec, lb, dom, alpha_steps, crown)
-    lower, upper = lb.output
-    ibp = lower.gather(1, y.reshape(-1, 1)) - upper.gather(1, others)
+    from .bounds import ibp_class_margins
+
+    ibp = ibp_class_margins(layers, dom.lower, dom.upper, y).gather(1, others)
     return torch.maximum(crown, ibp), others, lb
 
 
@@ -200,10 +201,11 @@ def certify(
     with torch.no_grad():
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             if method == "ibp":
-                from .bounds import ibp_through, margin_lower_from_bounds
+                from .bounds import ibp_class_margins
 
                 dom = domain_for(xb, threat)
-                margins.append(margin_lower_from_bounds(*ibp_through(layers, dom.lower, dom.upper), yb))
+                per_class = ibp_class_margins(layers, dom.lower, dom.upper, yb)
+                margins.append(per_class.scatter(1, yb.reshape(-1, 1), float("inf")).min(dim=1).values)
                 continue
             m, _, lb = class_margins(layers, xb, yb, threat, alpha_steps=alpha_steps, budget=budget)
             margins.append(m.min(dim=1).values)
