@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..datasets.base import Dataset
 from ..errors import ConfigError, InputError
 from ..models.training import _threads, random_shift
+from ._checks import check_counts, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -84,22 +85,9 @@ class IBPConfig:
     num_threads: int | None = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if (
-            isinstance(self.augment_shift, bool)
-            or not isinstance(self.augment_shift, int)
-            or self.augment_shift < 0
-        ):
-            raise ConfigError(f"augment_shift must be a non-negative integer, got {self.augment_shift!r}")
+        check_counts(self, ("epochs", "batch_size"))
         for name in ("epsilon", "lr", "weight_decay", "warmup_epochs", "ramp_epochs", "kappa_end"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value!r}")
+            check_finite(name, getattr(self, name), positive=False)
         if self.lr == 0:
             raise ConfigError("lr must be > 0, got 0")
         if self.kappa_end > 1:

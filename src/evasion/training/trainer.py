@@ -48,6 +48,7 @@ from ..models.classifier import Classifier, eval_mode
 from ..models.training import _threads, random_shift
 from ..perturbations import direction, project, project_box, random_start
 from ..threat_model import ThreatModel
+from ._checks import check_counts, check_finite
 from .checkpoint import CheckpointDir
 
 __all__ = [
@@ -144,28 +145,19 @@ class TrainConfig:
         object.__setattr__(self, "bounds", (float(self.bounds[0]), float(self.bounds[1])))
         if math.isinf(self.epsilon):
             raise ConfigError("epsilon must be finite for adversarial training")
-        for name in ("epochs", "batch_size", "steps", "check_size", "check_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if (
-            isinstance(self.augment_shift, bool)
-            or not isinstance(self.augment_shift, int)
-            or self.augment_shift < 0
-        ):
-            raise ConfigError(f"augment_shift must be a non-negative integer, got {self.augment_shift!r}")
+        check_counts(self, ("epochs", "batch_size", "steps", "check_size", "check_steps"))
         for flag in ("rs_clip", "stop_on_overfit"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         for name in ("lr", "rs_step", "temperature"):
-            _finite(name, getattr(self, name), positive=True)
+            check_finite(name, getattr(self, name), positive=True)
         for name in ("weight_decay", "warmup_epochs", "beta", "overfit_drop", "rs_init"):
-            _finite(name, getattr(self, name), positive=False)
-        _finite("adv_weight", self.adv_weight, positive=False)
+            check_finite(name, getattr(self, name), positive=False)
+        check_finite("adv_weight", self.adv_weight, positive=False)
         if self.adv_weight > 1:
             raise ConfigError(f"adv_weight must be in [0, 1], got {self.adv_weight!r}")
         if self.step_size is not None:
-            _finite("step_size", self.step_size, positive=True)
+            check_finite("step_size", self.step_size, positive=True)
         if self.num_threads is not None and (
             isinstance(self.num_threads, bool)
             or not isinstance(self.num_threads, int)
@@ -187,13 +179,6 @@ class TrainConfig:
 
 #: fields added after format 1 checkpoints and zoo caches were written, with their defaults
 _LATER_DEFAULTS: dict[str, Any] = {"rs_init": 1.0, "rs_clip": True, "stop_on_overfit": True}
-
-
-def _finite(name: str, value: object, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ConfigError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 @dataclass
