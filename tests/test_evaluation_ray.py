@@ -110,3 +110,13 @@ def test_cells_ask_for_a_gpu_only_when_the_models_are_on_cuda():
     assert RayEngine().resources(gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}  # type: ignore[arg-type]
     shared = RayEngine(cpus_per_task=2, gpus_per_task=0.25).resources(gpu)  # type: ignore[arg-type]
     assert shared == {"num_cpus": 2, "num_gpus": 0.25}
+
+
+def test_bad_resource_requests_are_one_line_errors():
+    from evasion.engines.ray import RayEngine
+    from evasion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gpus_per_task must be a number >= 0"):
+        RayEngine(gpus_per_task=-1)
+    with pytest.raises(ConfigError, match="cpus_per_task must be a number >= 0"):
+        RayEngine(cpus_per_task="two")  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..errors import MissingDependencyError
+from ..errors import ConfigError, MissingDependencyError
 from ..evaluation.plan import Context, Emit, Load, Task, dependents, execute, replay
 from ..evaluation.records import CellOutput
 
@@ -72,6 +72,11 @@ class RayEngine:
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_task, self.threads, self.shutdown = cpus_per_task, threads, shutdown
         self.gpus_per_task = gpus_per_task
+        for name, value in (("cpus_per_task", cpus_per_task), ("gpus_per_task", gpus_per_task)):
+            if value is None and name == "gpus_per_task":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
     def resources(self, ctx: Context) -> dict[str, float]:
         """What each cell asks Ray for: CPUs, and GPUs when the models live on CUDA."""
