@@ -21,7 +21,7 @@ from ..errors import DataError
 from .base import Dataset
 from .readers import SPLITS, _existing, _from_uint8, _labels, _wrong_split, check_split
 
-__all__ = ["cifar_layout", "read_cifar"]
+__all__ = ["CIFAR10_FILES", "CifarLayoutError", "check_cifar10", "cifar_layout", "read_cifar"]
 
 _U8 = npt.NDArray[np.uint8]
 _I64 = npt.NDArray[np.int64]
@@ -161,3 +161,45 @@ def read_cifar(path: str | os.PathLike[str], split: str = "test", *, fine_labels
     classes = _cifar_classes(meta, parts[0][2], y)
     info: dict[str, object] = {"source": str(p), "format": "cifar", "label_key": parts[0][2]}
     return Dataset(_from_uint8(x), _labels(y), classes, p.name, split, info)
+
+
+#: the files of the CIFAR-10 python release (cifar-10-python.tar.gz, extracted)
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+_CIFAR10_EXPECTED = "cifar-10-batches-py/ with data_batch_1..data_batch_5, test_batch and batches.meta"
+
+
+class CifarLayoutError(DataError):
+    """A folder given as the CIFAR-10 release is not laid out like it (a usage error: exit code 2)."""
+
+    exit_code = 2
+
+
+def check_cifar10(root: str | os.PathLike[str]) -> Path:
+    """The folder of the CIFAR-10 python batches under ``root`` (itself or ``cifar-10-batches-py``).
+
+    Checks the release's layout before anything long runs: every file of :data:`CIFAR10_FILES`
+    present and a file; else a one-line :class:`CifarLayoutError` naming what is missing and what
+    was expected (CIFAR-100's ``train``/``test``/``meta`` is named as such).
+    """
+    p = _existing(root, "CIFAR-10 folder")
+    if not p.is_dir():
+        raise CifarLayoutError(
+            f"{p} is a file; expected the folder of the CIFAR-10 python batches ({_CIFAR10_EXPECTED})"
+        )
+    candidates = [p / "cifar-10-batches-py", p]
+    for base in candidates:
+        present = [f for f in CIFAR10_FILES if (base / f).exists()]
+        if present:
+            missing = [f for f in CIFAR10_FILES if not (base / f).is_file()]
+            if missing:
+                raise CifarLayoutError(
+                    f"{base}: missing {', '.join(missing)} (expected data_batch_1..data_batch_5, test_batch, "
+                    "batches.meta: the CIFAR-10 python release, extracted)"
+                )
+            return base
+    c100 = (p, p / "cifar-100-python")
+    if any((base / f).is_file() for base in c100 for f in ("train", "test", "meta")):
+        raise CifarLayoutError(
+            f"{p} holds CIFAR-100 (train/test/meta); expected CIFAR-10: {_CIFAR10_EXPECTED}"
+        )
+    raise CifarLayoutError(f"{p} holds no CIFAR-10 python batches; expected {_CIFAR10_EXPECTED}")

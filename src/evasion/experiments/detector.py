@@ -23,20 +23,31 @@ far larger L∞ perturbations to be fooled, so one paper unit maps to ``linf_uni
 smaller image): L∞ {1, 2, 3, 4} -> {0.08, 0.16, 0.24, 0.32}, L2 {20, 40, 60, 80} -> {0.81, 1.62,
 2.42, 3.23}. The steps follow the paper in the same units: alpha = 1 (L∞) and 20 (L2) for the
 iterative methods, 10 iterations, and alpha = 0.25 for the dynamic adversary.
+
+**CIFAR-10** (``--data``, :data:`CIFAR_FULL` / :data:`CIFAR_QUICK`): the user's CIFAR-10 python
+batches and the paper's ResNet-32 (``resnet32-cifar``, trained here by the project's trainer or
+loaded from a state dict), epsilons in the paper's own units (1 = 1/255 in L∞ and L2, on the
+same 3,072 dimensions), detectors at the paper's attachment points AD(0)-AD(4) (the ResNet's
+input, stem and three stages): AD(2) for Fast / Iterative, AD(4) for DeepFool, as in the paper.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from .. import datasets, models
 from ..attacks import BIM, FGSM, PGD, Attack, DeepFool, DynamicAdversary
+from ..datasets.base import Dataset
+from ..datasets.cifar import CifarLayoutError, check_cifar10, read_cifar
 from ..defenses.detected import DetectedClassifier
 from ..defenses.detector import Detector
 from ..defenses.detector_training import (
@@ -45,12 +56,24 @@ from ..defenses.detector_training import (
     train_dynamic_detector,
 )
 from ..defenses.static_detector import fit_static_detector
-from ..errors import ConfigError
-from ..evaluation import AttackSpec, evaluate
-from ..evaluation.detectability import DetectabilityMatrix, detectability, generalisation_matrix
+from ..errors import ConfigError, DataError
+from ..evaluation import AttackSpec, Evaluation, evaluate
+from ..evaluation.curves import clean_status, cumulative_status, worst_status
+from ..evaluation.detectability import (
+    Detectability,
+    DetectabilityMatrix,
+    detectability,
+    detectability_from_scores,
+    generalisation_matrix,
+)
+from ..models.architectures.resnet_cifar import ATTACHMENT_POINTS, CIFAR10_CLASSES, ResNetCifar
+from ..models.architectures.small import seeded
+from ..models.io import load_file
+from ..models.training import train_classifier
 from ..progress import NULL_PROGRESS, ProgressBar
 from ..threat_model import ThreatModel
 from .detector_records import (
+    CIFAR_DIMS,
     AwareSweep,
     CurvesResult,
     CurveSummary,
@@ -59,12 +82,25 @@ from .detector_records import (
     DynamicResult,
     Example,
     OperatingPoint,
+    PairOutcomes,
     Settings,
     StaticRow,
     SweepRow,
+    with_intervals,
 )
 
-__all__ = ["FULL", "QUICK", "DetectorResults", "Settings", "adversaries", "reproduce"]
+__all__ = [
+    "CIFAR_FULL",
+    "CIFAR_QUICK",
+    "FULL",
+    "QUICK",
+    "DetectorResults",
+    "Settings",
+    "adversaries",
+    "cifar_classifier",
+    "load_cifar10",
+    "reproduce",
+]
 
 T = TypeVar("T")
 
@@ -103,6 +139,63 @@ FULL = Settings(
     dyn_epochs=8,
     n_curve=200,
     deepfool_candidates=5,
+)
+
+
+#: the paper's attachment points AD(0)..AD(4) as layers of resnet32-cifar
+CIFAR_LAYERS = tuple(ATTACHMENT_POINTS.values())
+_CIFAR = {
+    "dataset": "cifar10",
+    "input_dims": CIFAR_DIMS,
+    "linf_unit": 1 / 255,  # the paper's units themselves: [0, 255] pixels
+    "layer": ATTACHMENT_POINTS["AD(2)"],  # Fast / Iterative, as in the paper
+    "deepfool_layer": ATTACHMENT_POINTS["AD(4)"],  # DeepFool, as in the paper
+}
+#: the paper's protocol on CIFAR-10 at a size one machine holds in memory: the classifier on the
+#: paper's 45,000 training images; detectors on 10,000 of them (paper: 45,000), 1,000 validation
+#: (5,000) and 2,000 test images (10,000); detector Adam lr 1e-4, 20 epochs, full width (paper)
+CIFAR_FULL = Settings(
+    "cifar",
+    n_train=10_000,
+    n_val=1_000,
+    n_test=2_000,
+    grid=(1, 2, 3, 4),
+    layers=CIFAR_LAYERS,
+    sigmas=tuple(i / 10 for i in range(11)),
+    n_dynamic=1_000,
+    dyn_train=10_000,
+    dyn_epochs=10,
+    n_curve=500,
+    epochs=20,
+    lr=1e-4,
+    width=1.0,
+    deepfool_candidates=10,
+    clf_train=45_000,
+    clf_epochs=50,
+    **_CIFAR,  # type: ignore[arg-type]
+)
+#: a CPU-sized smoke run of the same protocol (classifier on 5,000 images, 3 epochs: far below
+#: the paper's 91% accuracy, so its numbers only show that everything runs)
+CIFAR_QUICK = Settings(
+    "cifar-quick",
+    n_train=1_000,
+    n_val=200,
+    n_test=500,
+    grid=(1, 3),
+    layers=(ATTACHMENT_POINTS["AD(1)"], ATTACHMENT_POINTS["AD(2)"], ATTACHMENT_POINTS["AD(4)"]),
+    sigmas=(0.0, 0.25, 0.5, 0.75, 1.0),
+    n_dynamic=200,
+    dyn_train=1_000,
+    dyn_epochs=2,
+    n_curve=100,
+    width=0.25,
+    deepfool_candidates=4,
+    deepfool_steps=20,
+    dyn_val_sigmas=(0.5,),
+    curve_sigmas=(0.5,),
+    clf_train=5_000,
+    clf_epochs=3,
+    **_CIFAR,  # type: ignore[arg-type]
 )
 
 
@@ -160,11 +253,100 @@ class State:
     layer_selection: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _data(s: Settings, device: torch.device) -> dict[str, Split]:
-    train, test = datasets.load("mnist5k", split="train"), datasets.load("mnist5k", split="test")
+def load_cifar10(root: str | Path) -> tuple[Dataset, Dataset]:
+    """The training and test sets of the CIFAR-10 python release under ``root``.
+
+    Validates the layout (:func:`~evasion.datasets.cifar.check_cifar10`) and reads every batch
+    before anything long starts; a missing, unreadable or malformed batch, or data that is not
+    10 classes of 3x32x32 images, is a one-line :class:`CifarLayoutError` (CLI exit code 2).
+    """
+    base = check_cifar10(root)
+    try:
+        train, test = read_cifar(base, "train"), read_cifar(base, "test")
+    except CifarLayoutError:
+        raise
+    except DataError as exc:
+        raise CifarLayoutError(f"{exc} (expected the CIFAR-10 python release)") from None
+    if train.num_classes != 10 or tuple(train.input_shape) != (3, 32, 32):
+        raise CifarLayoutError(
+            f"{base}: {train.num_classes} classes of {tuple(train.input_shape)} images; expected CIFAR-10 "
+            "(10 classes of 3x32x32 images)"
+        )
+    return train, test
+
+
+def _resnet(blocks: int) -> Callable[[], torch.nn.Module]:
+    """A builder of the paper's CIFAR ResNet (``blocks`` = 5: ResNet-32), seeded like the zoo's."""
+    return lambda: seeded(lambda: ResNetCifar(10, blocks=blocks), 0)
+
+
+def cifar_classifier(
+    s: Settings,
+    train: Dataset,
+    device: torch.device,
+    *,
+    weights: str | Path | None = None,
+    save: str | Path | None = None,
+    bar: ProgressBar = NULL_PROGRESS,
+) -> tuple[models.Classifier, dict[str, Any]]:
+    """The paper's ResNet on CIFAR-10: loaded from ``weights`` (a state dict, read with
+    ``weights_only=True``), or trained on the first ``s.clf_train`` training images by the
+    project's trainer (Adam, cosine learning rate, shifts of up to 4 pixels) and written to
+    ``save``. Returns the classifier and what to record about it."""
+    build, name = _resnet(s.resnet_blocks), f"resnet{6 * s.resnet_blocks + 2}-cifar"
+    info: dict[str, Any] = {"name": name, "architecture": "resnet32-cifar" if s.resnet_blocks == 5 else name}
+    if weights is None:
+        if save is None:
+            raise ConfigError("training the CIFAR ResNet needs a file to save its weights to")
+        data = train.head(min(s.clf_train, len(train)))
+        task = bar.add(f"train {name} on {len(data)} images", s.clf_epochs)
+        started = time.perf_counter()
+        module = train_classifier(
+            build(),
+            data,
+            epochs=s.clf_epochs,
+            lr=s.clf_lr,
+            batch_size=s.clf_batch_size,
+            seed=s.seed,
+            augment_shift=4,
+            device=device,
+            progress=lambda epoch, loss: bar.advance(task),
+        )
+        buffer = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in module.state_dict().items()}, buffer)
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        Path(save).write_bytes(buffer.getvalue())
+        weights = save
+        info.update(
+            trained_on=len(data),
+            epochs=s.clf_epochs,
+            lr=s.clf_lr,
+            batch_size=s.clf_batch_size,
+            seconds=round(time.perf_counter() - started, 1),
+        )
+    clf = load_file(
+        weights,
+        architecture=build,
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        class_names=list(CIFAR10_CLASSES),
+        name=name,
+        device=device,
+    )
+    info["weights"] = str(weights)
+    return clf, info
+
+
+def _data(s: Settings, device: torch.device, data: tuple[Dataset, Dataset] | None = None) -> dict[str, Split]:
+    if data is None:
+        if s.dataset != "mnist5k":
+            raise ConfigError(f"settings {s.name!r} run on {s.dataset}: pass its training and test sets")
+        data = datasets.load("mnist5k", split="train"), datasets.load("mnist5k", split="test")
+    train, test = data
     if max(s.n_train, s.dyn_train) + s.n_val > len(train) or s.n_test > len(test):
         raise ConfigError(
-            f"mnist5k has {len(train)} training and {len(test)} test images; settings ask for more"
+            f"{s.dataset} has {len(train)} training and {len(test)} test images; the {s.name} run needs "
+            f"{max(s.n_train, s.dyn_train) + s.n_val} and {s.n_test}"
         )
     return {
         "train": Split(train.x[: s.n_train].to(device), train.y[: s.n_train].to(device)),
@@ -180,6 +362,41 @@ def _config(s: Settings, epochs: int | None = None) -> TrainingConfig:
 
 def _accuracy(clf: models.Classifier, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((clf.predict(x) == y).float().mean())
+
+
+def _scored(
+    detector: Detector | DetectedClassifier,
+    clean: torch.Tensor,
+    adv: torch.Tensor,
+    adv_correct: torch.Tensor,
+    *,
+    keep: torch.Tensor | None = None,
+    evaded: torch.Tensor | None = None,
+) -> tuple[Detectability | None, PairOutcomes]:
+    """Detectability of ``detector`` on the (kept) pairs, and the per-image outcomes behind it.
+
+    A deployed system is scored at its threshold, a bare detector at the paper's 0.5 (as
+    :func:`~evasion.evaluation.detectability.detectability` does); the record is ``None`` when no
+    pair is kept. The outcomes keep every image, so intervals can resample the test images.
+    """
+    if isinstance(detector, DetectedClassifier):
+        threshold, det = detector.threshold, detector.detector
+    else:
+        threshold, det = 0.5, detector
+    p_clean, p_adv = det.probability(clean).double().cpu(), det.probability(adv).double().cpu()
+    kept = None if keep is None else keep.cpu()
+    record = None
+    if kept is None or bool(kept.any()):
+        sel = slice(None) if kept is None else kept
+        record = detectability_from_scores(p_clean[sel], p_adv[sel], threshold=threshold)
+    outcomes = PairOutcomes(
+        clean_flagged=(p_clean > threshold).numpy(),
+        adv_flagged=(p_adv > threshold).numpy(),
+        adv_correct=adv_correct.cpu().numpy().astype(bool),
+        kept=None if kept is None else kept.numpy().astype(bool),
+        evaded=None if evaded is None else evaded.cpu().numpy().astype(bool),
+    )
+    return record, outcomes
 
 
 def _train(st: State, adv: Adversary, eps: float, layer: str) -> Detector:
@@ -220,6 +437,9 @@ def static_phase(st: State, advs: list[Adversary]) -> tuple[StaticRow, ...]:
                 adv = advs[i] = _select_layer(st, adv, eps)  # later phases see the choice
             det = _train(st, adv, eps, adv.layer)
             test = st.splits["test"]
+            correct = st.clf.predict(sets["test"]) == test.y
+            record, outcomes = _scored(det, test.x, sets["test"], correct)
+            assert record is not None  # every pair is kept
             rows.append(
                 StaticRow(
                     adversary=adv.key,
@@ -228,8 +448,9 @@ def static_phase(st: State, advs: list[Adversary]) -> tuple[StaticRow, ...]:
                     units=units,
                     epsilon=eps,
                     layer=adv.layer,
-                    classifier_accuracy=_accuracy(st.clf, sets["test"], test.y),
-                    detectability=detectability(det, test.x, sets["test"]),
+                    classifier_accuracy=float(correct.float().mean()),
+                    detectability=record,
+                    outcomes=outcomes,
                 )
             )
             st.bar.advance(task)
@@ -303,8 +524,10 @@ def _sweep(
         )
         pred = clf.predict(adv)
         fooled = correct & (pred != y)  # adversarial examples that cause a misclassification
-        det = detectability(detector, x, adv, keep=fooled) if bool(fooled.any()) else None
-        rows.append(SweepRow(sigma, float((pred == y).float().mean()), int(fooled.sum()), det))
+        det, outcomes = _scored(detector, x, adv, pred == y, keep=fooled)
+        rows.append(
+            SweepRow(sigma, float((pred == y).float().mean()), int(fooled.sum()), det, outcomes=outcomes)
+        )
         st.bar.advance(task)
     return tuple(rows)
 
@@ -336,8 +559,8 @@ def _aware_sweep(st: State, detector: Detector, threat: ThreatModel, step: float
         )
         pred, decided = clf.predict(adv), system.predict(adv)
         fooled = correct & (pred != y)
-        det = detectability(system, x, adv, keep=fooled) if bool(fooled.any()) else None
         evaded = (decided != y) & (decided != models.REJECT)
+        det, outcomes = _scored(system, x, adv, pred == y, keep=fooled, evaded=evaded)
         rows.append(
             SweepRow(
                 sigma,
@@ -345,6 +568,7 @@ def _aware_sweep(st: State, detector: Detector, threat: ThreatModel, step: float
                 int(fooled.sum()),
                 det,
                 evasion_rate=float(evaded.float().mean()),
+                outcomes=outcomes,
             )
         )
         st.bar.advance(task)
@@ -444,8 +668,26 @@ def curves_phase(st: State, detectors: dict[str, Detector]) -> CurvesResult:
     for model in systems:
         curves = {spec.label: ev.curve(model, spec.label) for spec in specs}
         curves["worst case"] = ev.worst_case(model, "linf")
-        out[model] = {name: CurveSummary(c, _auc(c.epsilons, c.defended)) for name, c in curves.items()}
+        steps = {spec.label: _status_steps(ev, model, spec.label) for spec in specs}
+        steps["worst case"] = worst_status(list(steps.values()))
+        out[model] = {
+            name: CurveSummary(
+                c, _auc(c.epsilons, c.defended), status=np.stack([st for _, st in steps[name]], axis=1)
+            )
+            for name, c in curves.items()
+        }
     return CurvesResult((0.0, *grid), (0, *s.grid), out)
+
+
+def _status_steps(ev: Evaluation, model: str, attack: str) -> list[tuple[float, np.ndarray]]:
+    """Per-image status (correct / rejected / misclassified) of one curve at each epsilon.
+
+    The same per-image outcomes the evaluation's curves are the fractions of (the bootstrap
+    resamples them)."""
+    cols = ev.clean_columns[model]
+    table = ev.attack_columns.get((model, attack), {})
+    steps = [(e, c) for e, c in table.items() if math.isfinite(e) and e > 0]
+    return cumulative_status(clean_status(cols["prediction"], cols["label"]), steps)
 
 
 def _auc(eps: list[float], values: list[float]) -> float:
@@ -462,10 +704,17 @@ def _timed(timings: dict[str, float], name: str, phase: Callable[[], T]) -> T:
 
 
 def reproduce(
-    settings: Settings, clf: models.Classifier, bar: ProgressBar = NULL_PROGRESS
+    settings: Settings,
+    clf: models.Classifier,
+    bar: ProgressBar = NULL_PROGRESS,
+    *,
+    data: tuple[Dataset, Dataset] | None = None,
+    classifier: dict[str, Any] | None = None,
 ) -> DetectorResults:
-    """Run every phase on ``clf`` (``mnist-cnn``); returns the results (examples and timings included)."""
-    splits = _data(settings, clf.device)
+    """Run every phase on ``clf`` (``mnist-cnn``, or the CIFAR ResNet with ``data`` = its
+    training and test sets); returns the results (examples, timings and intervals included).
+    ``classifier``: what to record about the classifier (how it was trained or loaded)."""
+    splits = _data(settings, clf.device, data)
     st = State(settings, clf, splits, bar, {}, {}, {})
     clean = _accuracy(clf, splits["test"].x, splits["test"].y)
     advs = adversaries(settings)
@@ -476,7 +725,7 @@ def reproduce(
     fig3, fig4 = _timed(timings, "generalisation", lambda: generalisation_phase(st, advs, star))
     dynamic, detectors = _timed(timings, "dynamic", lambda: dynamic_phase(st, star))
     curves = _timed(timings, "curves", lambda: curves_phase(st, detectors))
-    return DetectorResults(
+    results = DetectorResults(
         settings=settings,
         clean_accuracy=clean,
         training=dict(st.results.get("training", {})),
@@ -490,7 +739,9 @@ def reproduce(
         curves=curves,
         timings=timings,
         examples=_examples(st, advs, star),
+        classifier=dict(classifier or {}),
     )
+    return _timed(timings, "intervals", lambda: with_intervals(results))
 
 
 def _examples(st: State, advs: list[Adversary], star: dict[str, float]) -> tuple[Example, ...]:

@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from torch import Tensor
 
 from ..defenses.detector_training import TrainingLog
-from ..evaluation.curves import SecurityCurve
+from ..evaluation.bootstrap import Interval, Verdict, bootstrap, bootstrap_columns
+from ..evaluation.curves import CORRECT, MISCLASSIFIED, REJECTED, SecurityCurve
 from ..evaluation.detectability import Detectability, DetectabilityMatrix
 
 __all__ = [
@@ -27,9 +30,11 @@ __all__ = [
     "DynamicResult",
     "Example",
     "OperatingPoint",
+    "PairOutcomes",
     "Settings",
     "StaticRow",
     "SweepRow",
+    "with_intervals",
 ]
 
 CIFAR_DIMS, MNIST_DIMS = 3 * 32 * 32, 28 * 28
@@ -66,13 +71,76 @@ class Settings:
     dyn_val_sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)
     curve_sigmas: tuple[float, ...] = (0.25, 0.5)
     seed: int = 0
+    resamples: int = 2000  # bootstrap resamples of the test images behind every 95% interval
+    # the data and classifier: mnist5k / mnist-cnn, or "cifar10" (the user's python batches, `--data`)
+    # with the paper's ResNet (`resnet_blocks` residual blocks per stage: 5 is ResNet-32)
+    dataset: str = "mnist5k"
+    input_dims: int = MNIST_DIMS  # L2 epsilons keep the paper's per-pixel size on this many dimensions
+    resnet_blocks: int = 5
+    clf_train: int = 50_000  # CIFAR: training images of the classifier (the first ones; all if fewer)
+    clf_epochs: int = 30
+    clf_lr: float = 1e-3
+    clf_batch_size: int = 128
 
     @property
     def l2_unit(self) -> float:
-        return self.linf_unit * math.sqrt(MNIST_DIMS / CIFAR_DIMS)
+        return self.linf_unit * math.sqrt(self.input_dims / CIFAR_DIMS)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "l2_unit": self.l2_unit}
+
+
+Bools = npt.NDArray[np.bool_]
+
+
+def _bits(values: Bools) -> str:
+    """A boolean vector as a string of 0/1, one character per test image (compact in JSON)."""
+    return "".join("1" if v else "0" for v in np.asarray(values, dtype=bool))
+
+
+@dataclass(frozen=True, eq=False)
+class PairOutcomes:
+    """Per-image outcomes behind a detectability, one entry per test image (pairs stay paired).
+
+    ``clean_flagged`` / ``adv_flagged``: the detector flags the clean image / its adversarial
+    example (``p_adv`` above the threshold scored). ``adv_correct``: the classifier is right on the
+    adversarial example. ``kept``: the pairs detectability counts (dynamic adversaries: those whose
+    example fools the classifier on an image it classifies correctly); ``None`` keeps all.
+    ``evaded``: the adversarial example evades the whole system (misclassified, not rejected).
+    """
+
+    clean_flagged: Bools
+    adv_flagged: Bools
+    adv_correct: Bools
+    kept: Bools | None = None
+    evaded: Bools | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.clean_flagged)
+
+    def scores(self) -> npt.NDArray[np.float64]:
+        """Per kept pair: (clean image not flagged + adversarial example flagged) / 2.
+
+        Their mean is the detectability (the accuracy on the balanced joint set of footnote 3)."""
+        score = ((~self.clean_flagged).astype(float) + self.adv_flagged.astype(float)) / 2.0
+        return score if self.kept is None else score[self.kept]
+
+    def to_dict(self) -> dict[str, str]:
+        out = {
+            "clean_flagged": _bits(self.clean_flagged),
+            "adversarial_flagged": _bits(self.adv_flagged),
+            "adversarial_correct": _bits(self.adv_correct),
+        }
+        if self.kept is not None:
+            out["kept"] = _bits(self.kept)
+        if self.evaded is not None:
+            out["evaded"] = _bits(self.evaded)
+        return out
+
+
+def _iv(interval: Interval | None) -> dict[str, Any] | None:
+    return None if interval is None else interval.to_dict()
 
 
 @dataclass(frozen=True)
@@ -87,9 +155,13 @@ class StaticRow:
     layer: str
     classifier_accuracy: float
     detectability: Detectability
+    outcomes: PairOutcomes | None = field(default=None, compare=False)
+    #: 95% bootstrap intervals over the test images (see :func:`with_intervals`)
+    interval: Interval | None = None
+    accuracy_interval: Interval | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "adversary": self.adversary,
             "label": self.label,
             "norm": self.norm,
@@ -99,6 +171,12 @@ class StaticRow:
             "classifier_accuracy": self.classifier_accuracy,
             "detectability": self.detectability.to_dict(),
         }
+        if self.interval is not None:
+            out["detectability_interval"] = _iv(self.interval)
+            out["classifier_accuracy_interval"] = _iv(self.accuracy_interval)
+        if self.outcomes is not None:
+            out["outcomes"] = self.outcomes.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -130,6 +208,10 @@ class SweepRow:
     n_successful: int
     detectability: Detectability | None
     evasion_rate: float | None = None
+    outcomes: PairOutcomes | None = field(default=None, compare=False)
+    #: 95% bootstrap intervals (detectability of the successful pairs; evasion over all swept images)
+    interval: Interval | None = None
+    evasion_interval: Interval | None = None
 
     def to_dict(self) -> dict[str, Any]:
         det = self.detectability.to_dict() if self.detectability is not None else None
@@ -141,6 +223,12 @@ class SweepRow:
         }
         if self.evasion_rate is not None:  # the paper's sweeps keep their keys
             out["evasion_rate"] = self.evasion_rate
+        if self.interval is not None:
+            out["detectability_interval"] = _iv(self.interval)
+        if self.evasion_interval is not None:
+            out["evasion_interval"] = _iv(self.evasion_interval)
+        if self.outcomes is not None:
+            out["outcomes"] = self.outcomes.to_dict()
         return out
 
 
@@ -224,6 +312,13 @@ class CurveSummary:
 
     curve: SecurityCurve
     auc_defended: float
+    #: per test image and epsilon: 0 correct, 1 rejected, 2 misclassified (images, epsilons)
+    status: npt.NDArray[np.int64] | None = field(default=None, compare=False, repr=False)
+    accuracy_band: tuple[Interval, ...] = ()
+    rejected_band: tuple[Interval, ...] = ()
+    unbroken_band: tuple[Interval, ...] = ()  # correct or rejected (not misclassified)
+    auc_interval: Interval | None = None
+    auc_defended_interval: Interval | None = None
 
     @property
     def accuracy(self) -> list[float]:
@@ -238,7 +333,16 @@ class CurveSummary:
         return self.curve.auc()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.curve.to_dict(), "auc": self.auc, "auc_defended": self.auc_defended}
+        out = {**self.curve.to_dict(), "auc": self.auc, "auc_defended": self.auc_defended}
+        if self.auc_interval is not None:
+            out["accuracy_band"] = [iv.to_dict() for iv in self.accuracy_band]
+            out["rejected_band"] = [iv.to_dict() for iv in self.rejected_band]
+            out["unbroken_band"] = [iv.to_dict() for iv in self.unbroken_band]
+            out["auc_interval"] = _iv(self.auc_interval)
+            out["auc_defended_interval"] = _iv(self.auc_defended_interval)
+        if self.status is not None:  # one string per test image, one digit per epsilon
+            out["status"] = ["".join(str(int(v)) for v in row) for row in self.status]
+        return out
 
 
 @dataclass(frozen=True)
@@ -248,13 +352,18 @@ class CurvesResult:
     epsilons: tuple[float, ...]
     units: tuple[float, ...]  # the epsilons in paper units
     models: dict[str, dict[str, CurveSummary]]
+    #: "A - B" -> paired interval of AUC(accuracy + rejected) of A minus B, worst case, same images
+    differences: dict[str, Interval] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "epsilons": list(self.epsilons),
             "units": list(self.units),
             "models": {m: {a: c.to_dict() for a, c in curves.items()} for m, curves in self.models.items()},
         }
+        if self.differences:
+            out["auc_defended_differences"] = {k: iv.to_dict() for k, iv in self.differences.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -280,14 +389,18 @@ class AcceptanceItem:
     ok: bool
     kind: Literal["static", "dynamic", "finding", "info", "check"]
     text: str
+    #: decided on 95% intervals: "inconclusive" when an interval straddles the paper's bound
+    verdict: Verdict | None = None
 
     @property
     def status(self) -> str:
-        """``holds`` / ``does not hold`` for findings, ``ok`` / ``ERROR`` for checks, ``info``."""
+        """``holds`` / ``does not hold`` / ``inconclusive`` for findings, ``ok`` / ``ERROR`` for checks, ``info``."""
         if self.kind == "info":
             return "info"
         if self.kind == "check":
             return "ok" if self.ok else "ERROR"
+        if self.verdict is not None:
+            return self.verdict
         return "holds" if self.ok else "does not hold"
 
     @property
@@ -305,7 +418,10 @@ class AcceptanceItem:
         return self.kind == "check" and not self.ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "kind": self.kind, "text": self.text}
+        out: dict[str, Any] = {"ok": self.ok, "kind": self.kind, "text": self.text}
+        if self.verdict is not None:
+            out["verdict"] = self.verdict
+        return out
 
 
 @dataclass(frozen=True)
@@ -327,6 +443,8 @@ class DetectorResults:
     curves: CurvesResult
     timings: dict[str, float]
     examples: tuple[Example, ...] = field(default=(), repr=False, compare=False)
+    #: the classifier attacked, where it is not the zoo's (CIFAR: trained here or loaded, and how)
+    classifier: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able results (what ``results.json`` holds before the CLI's additions)."""
@@ -343,4 +461,121 @@ class DetectorResults:
         out["dynamic"] = self.dynamic.to_dict()
         out["curves"] = self.curves.to_dict()
         out["timings"] = dict(self.timings)
+        if self.classifier:
+            out["classifier"] = dict(self.classifier)
         return out
+
+
+# -- intervals -------------------------------------------------------------------------------------
+def _mean(values: npt.NDArray[np.float64]) -> float:
+    return float(np.mean(values))
+
+
+def _pair_intervals(outcomes: PairOutcomes, resamples: int, seed: int) -> tuple[Interval | None, Interval]:
+    """(detectability over the kept pairs or None if none is kept, classifier accuracy over all)."""
+    scores = outcomes.scores()
+    det = bootstrap(_mean, scores, resamples=resamples, seed=seed) if len(scores) else None
+    acc = bootstrap(_mean, outcomes.adv_correct.astype(float), resamples=resamples, seed=seed)
+    return det, acc
+
+
+def _sweep_intervals(rows: tuple[SweepRow, ...], resamples: int, seed: int) -> tuple[SweepRow, ...]:
+    out = []
+    for r in rows:
+        if r.outcomes is None:
+            out.append(r)
+            continue
+        det, _ = _pair_intervals(r.outcomes, resamples, seed)
+        evaded = r.outcomes.evaded
+        ev = (
+            bootstrap(_mean, evaded.astype(float), resamples=resamples, seed=seed)
+            if evaded is not None
+            else None
+        )
+        out.append(replace(r, interval=det, evasion_interval=ev))
+    return tuple(out)
+
+
+def _per_image_auc(
+    status: npt.NDArray[np.int64], eps: tuple[float, ...], defended: bool
+) -> npt.NDArray[np.float64]:
+    """Each image's area under its own 0/1 curve (the curve's AUC is their mean: the area is linear)."""
+    ok = status == CORRECT
+    if defended:  # a rejected adversarial input is defended, a rejected clean one is not
+        ok = ok | ((status == REJECTED) & (np.asarray(eps) > 0)[None, :])
+    v, e = ok.astype(float), np.asarray(eps, dtype=float)
+    if len(e) < 2:
+        return v[:, 0]
+    area = ((e[1:] - e[:-1])[None, :] * (v[:, 1:] + v[:, :-1]) / 2).sum(axis=1)
+    return np.asarray(area / (e[-1] - e[0]), dtype=float)
+
+
+def _curve_intervals(c: CurveSummary, eps: tuple[float, ...], resamples: int, seed: int) -> CurveSummary:
+    if c.status is None:
+        return c
+    st = c.status
+    return replace(
+        c,
+        accuracy_band=tuple(bootstrap_columns((st == CORRECT).astype(float), resamples=resamples, seed=seed)),
+        rejected_band=tuple(
+            bootstrap_columns((st == REJECTED).astype(float), resamples=resamples, seed=seed)
+        ),
+        unbroken_band=tuple(
+            bootstrap_columns((st != MISCLASSIFIED).astype(float), resamples=resamples, seed=seed)
+        ),
+        auc_interval=bootstrap(_mean, _per_image_auc(st, eps, False), resamples=resamples, seed=seed),
+        auc_defended_interval=bootstrap(_mean, _per_image_auc(st, eps, True), resamples=resamples, seed=seed),
+    )
+
+
+def _paired_differences(curves: CurvesResult, resamples: int, seed: int) -> dict[str, Interval]:
+    """AUC(accuracy + rejected) of each defended system minus the undefended one, worst case,
+    resampling the same test images for both (a paired comparison)."""
+    worst = {m: c.get("worst case") for m, c in curves.models.items()}
+    base = worst.get("undefended")
+    if base is None or base.status is None:
+        return {}
+    a0 = _per_image_auc(base.status, curves.epsilons, True)
+    out = {}
+    for m, c in worst.items():
+        if m == "undefended" or c is None or c.status is None or len(c.status) != len(a0):
+            continue
+        a1 = _per_image_auc(c.status, curves.epsilons, True)
+        out[f"{m} - undefended"] = bootstrap(
+            lambda x, y: float(np.mean(x) - np.mean(y)), a1, a0, resamples=resamples, seed=seed
+        )
+    return out
+
+
+def with_intervals(results: DetectorResults) -> DetectorResults:
+    """``results`` with a 95% bootstrap interval beside every detectability, evasion rate and curve.
+
+    The test images are resampled (``settings.resamples`` times, seeded by ``settings.seed``):
+    an image and its adversarial example stay one row, so detectability (a balanced accuracy over
+    clean and adversarial inputs) keeps its pairing; a dynamic adversary's detectability counts the
+    resampled images whose example fooled the classifier; curve bands and AUCs resample whole
+    per-image curves. Rows without per-image outcomes keep no interval.
+    """
+    n, seed = results.settings.resamples, results.settings.seed
+    static = []
+    for r in results.static:
+        if r.outcomes is None:
+            static.append(r)
+            continue
+        det, acc = _pair_intervals(r.outcomes, n, seed)
+        static.append(replace(r, interval=det, accuracy_interval=acc))
+    dyn = results.dynamic
+    dyn = replace(
+        dyn,
+        static=_sweep_intervals(dyn.static, n, seed),
+        dynamic=_sweep_intervals(dyn.dynamic, n, seed),
+        aware={k: replace(a, rows=_sweep_intervals(a.rows, n, seed)) for k, a in dyn.aware.items()},
+    )
+    cv = results.curves
+    models = {
+        m: {a: _curve_intervals(c, cv.epsilons, n, seed) for a, c in curves.items()}
+        for m, curves in cv.models.items()
+    }
+    cv = replace(cv, models=models)
+    cv = replace(cv, differences=_paired_differences(cv, n, seed))
+    return replace(results, static=tuple(static), dynamic=dyn, curves=cv)

@@ -15,10 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.bootstrap import Interval, Verdict, verdict
 from ..evaluation.detectability import DetectabilityMatrix
+from ..models.architectures.resnet_cifar import ATTACHMENT_POINTS
 from ..reports.html import GridCell, Page
 from ..reports.plots import figure, heatmap, pyplot, to_svg
-from .detector_records import AcceptanceItem, DetectorResults, Example, StaticRow, SweepRow
+from .detector_records import (
+    AcceptanceItem,
+    CurveSummary,
+    DetectorResults,
+    Example,
+    Settings,
+    StaticRow,
+    SweepRow,
+)
 
 __all__ = ["acceptance", "interpretation", "render", "worst_sigma"]
 _COLOURS = {
@@ -33,6 +43,26 @@ _COLOURS = {
 def _det(row: StaticRow | SweepRow) -> float:
     assert row.detectability is not None
     return float(row.detectability.accuracy)
+
+
+def _interval(row: StaticRow | SweepRow) -> Interval:
+    """The row's 95% detectability interval; without per-image outcomes, the estimate alone."""
+    if row.interval is not None:
+        return row.interval
+    d = _det(row)
+    return Interval(d, d, d)
+
+
+def _ci(iv: Interval | None) -> str:
+    """`` [low, high]`` of an interval, or nothing where none was measured."""
+    return "" if iv is None or iv.n == 0 else f" [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def _combined(verdicts: Sequence[Verdict]) -> Verdict:
+    """A finding over several settings: holds if it holds in each, fails if it fails in any."""
+    if any(v == "does not hold" for v in verdicts):
+        return "does not hold"
+    return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
 
 
 def _sweep_points(rows: Sequence[SweepRow]) -> list[tuple[float, float, float, int]]:
@@ -52,23 +82,32 @@ def worst_sigma(rows: Sequence[SweepRow]) -> tuple[float, float, int]:
 FINDING = "Metzen et al.'s finding (dynamic adversary training keeps detectability > 70% for every sigma)"
 
 
-def _finding(rows: Sequence[SweepRow]) -> tuple[bool, str]:
-    """Whether detectability stays >= 0.7 at every sigma with successes, and the wording of it."""
-    points = _sweep_points(rows)
-    low = min((p[2] for p in points), default=math.nan)
-    holds = bool(points) and low >= 0.7
-    listed = ", ".join(f"σ={p[0]:g}: {p[2]:.3f} (n={p[3]})" for p in points) or "no successful examples"
-    verdict = "finding holds" if holds else "finding does not hold"
-    return holds, f"{verdict} (lowest detectability {low:.3f}): {listed}"
+def _finding(rows: Sequence[SweepRow], bound: float = 0.7) -> tuple[Verdict, str]:
+    """Whether detectability stays above ``bound`` at every sigma with successes, decided on the
+    95% intervals (holds: every lower bound above it; does not hold: some upper bound below it),
+    and the wording of it with the numbers that decided it."""
+    kept = [r for r in rows if r.detectability is not None]
+    if not kept:
+        return "inconclusive", "finding inconclusive: no successful examples"
+    result = _combined([verdict(_interval(r), bound) for r in kept])
+    low = min(kept, key=_det)
+    listed = ", ".join(f"σ={r.sigma:g}: {_det(r):.3f}{_ci(r.interval)} (n={r.n_successful})" for r in kept)
+    lowest = min(_interval(r).low for r in kept)
+    return result, (
+        f"finding {result} (lowest detectability {_det(low):.3f}{_ci(low.interval)} at σ={low.sigma:g}; "
+        f"lowest lower bound {lowest:.3f} vs. {bound:g}): {listed}"
+    )
 
 
 def _evasion(rows: Sequence[SweepRow]) -> str:
     """The highest fraction of inputs that evade the whole system, and its sigma."""
-    rates = [(r.evasion_rate, r.sigma) for r in rows if r.evasion_rate is not None]
+    rates = [r for r in rows if r.evasion_rate is not None]
     if not rates:
         return "evasion rate not measured"
-    rate, sigma = max(rates)
-    return f"up to {rate:.1%} of the test inputs evade the whole system (σ={sigma:g})"
+    top = max(rates, key=lambda r: (r.evasion_rate or 0.0, r.sigma))
+    iv = top.evasion_interval
+    band = "" if iv is None else f" [{iv.low:.1%}, {iv.high:.1%}]"
+    return f"up to {top.evasion_rate:.1%}{band} of the test inputs evade the whole system (σ={top.sigma:g})"
 
 
 def acceptance(results: DetectorResults) -> list[AcceptanceItem]:
@@ -84,33 +123,40 @@ def acceptance(results: DetectorResults) -> list[AcceptanceItem]:
     for limit, need in ((0.10, 0.9), (0.30, 0.8)):
         rows = [r for r in results.static if r.classifier_accuracy < limit]
         listed = ", ".join(
-            f"{r.label} {r.units:g}: {_det(r):.3f} (acc {r.classifier_accuracy:.3f})" for r in rows
+            f"{r.label} {r.units:g}: {_det(r):.3f}{_ci(r.interval)} (acc {r.classifier_accuracy:.3f})"
+            for r in rows
         )
         text = f"static detectability >= {need} for every adversary with classifier accuracy < {limit:.0%}"
-        ok = all(_det(r) >= need for r in rows)
-        items.append(AcceptanceItem(ok, "static", f"{text} ({len(rows)} settings): {listed}"))
+        result = _combined([verdict(_interval(r), need) for r in rows])
+        low = min((_interval(r).low for r in rows), default=math.nan)
+        text = f"{text} ({len(rows)} settings; {result}: lowest lower bound of the 95% intervals {low:.3f}): {listed}"
+        items.append(AcceptanceItem(result == "holds", "static", text, result))
     dyn = results.dynamic
     s, d, n = worst_sigma(dyn.static)
-    text = f"dynamic adversary vs. static detector: lowest detectability {d:.3f} at sigma {s:g} ({n} successful examples)"
+    worst = next((r for r in dyn.static if r.sigma == s and r.detectability is not None), None)
+    band = _ci(worst.interval) if worst is not None else ""
+    text = f"dynamic adversary vs. static detector: lowest detectability {d:.3f}{band} at sigma {s:g} ({n} successful examples)"
     items.append(AcceptanceItem(True, "info", text))
-    holds, text = _finding(dyn.dynamic)
+    result, text = _finding(dyn.dynamic)
     text = f"{FINDING}, paper protocol (CE dynamic adversary, detectability at p_adv > 0.5): {text}"
-    items.append(AcceptanceItem(holds, "finding", text))
+    items.append(AcceptanceItem(result == "holds", "finding", text, result))
     if "dynamic" in dyn.aware:
         sweep = dyn.aware["dynamic"]
-        holds, text = _finding(sweep.rows)
+        result, text = _finding(sweep.rows)
         text = (
             f"{FINDING}, threshold-aware adversary at the deployed threshold (hinge objective, p_adv > "
             f"{sweep.threshold:.4g}, {dyn.aware_fpr:.0%} validation FPR): {text}; {_evasion(sweep.rows)}"
         )
         if "static" in dyn.aware:
             static = dyn.aware["static"]
-            low = min((p[2] for p in _sweep_points(static.rows)), default=math.nan)
+            kept = [r for r in static.rows if r.detectability is not None]
+            lowest = min(kept, key=_det) if kept else None
+            shown = "n/a" if lowest is None else f"{_det(lowest):.3f}{_ci(lowest.interval)}"
             text += (
-                f" (static detector at p_adv > {static.threshold:.4g}: lowest detectability {low:.3f}; "
+                f" (static detector at p_adv > {static.threshold:.4g}: lowest detectability {shown}; "
                 f"{_evasion(static.rows)})"
             )
-        items.append(AcceptanceItem(holds, "finding", text))
+        items.append(AcceptanceItem(result == "holds", "finding", text, result))
     c = dyn.combined_clean["dynamic"]
     half, fpr = c["threshold_0.5"], c["fpr_0.05"]
     text = (
@@ -118,12 +164,55 @@ def acceptance(results: DetectorResults) -> list[AcceptanceItem]:
         f"rejected), {fpr.accuracy:.3f} at 5% validation FPR; classifier alone {results.clean_accuracy:.3f}"
     )
     items.append(AcceptanceItem(True, "info", text))
-    worst = {m: c["worst case"] for m, c in results.curves.models.items()}
-    aucs = "; ".join(f"{m} {w.auc:.3f} / {w.auc_defended:.3f}" for m, w in worst.items())
-    text = f"security curves, worst case over all attacks, AUC of accuracy / of accuracy + rejected: {aucs}"
+    curves = {m: c["worst case"] for m, c in results.curves.models.items()}
+    aucs = "; ".join(
+        f"{m} {w.auc:.3f}{_ci(w.auc_interval)} / {w.auc_defended:.3f}{_ci(w.auc_defended_interval)}"
+        for m, w in curves.items()
+    )
+    text = f"security curves, worst case over all attacks, AUC of accuracy / of accuracy + rejected (95% intervals): {aucs}"
+    diffs = results.curves.differences
+    if diffs:
+        text += "; paired differences of AUC(accuracy + rejected): " + "; ".join(
+            f"{k} {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]" for k, iv in diffs.items()
+        )
     items.append(AcceptanceItem(True, "info", text))
+    items.append(_interval_check(results))
     items.append(_range_check(results))
     return items
+
+
+def _interval_check(results: DetectorResults) -> AcceptanceItem:
+    """A check of this code: each interval's estimate (recomputed from the stored per-image
+    outcomes) equals the number reported, and lies inside its interval."""
+    pairs: list[tuple[str, float, Interval | None]] = []
+    for r in results.static:
+        pairs.append((f"{r.label} {r.units:g} detectability", _det(r), r.interval))
+        pairs.append((f"{r.label} {r.units:g} accuracy", r.classifier_accuracy, r.accuracy_interval))
+    dyn = results.dynamic
+    sweeps = [("static", dyn.static), ("dynamic", dyn.dynamic)] + [
+        (f"{k} (threshold-aware)", a.rows) for k, a in dyn.aware.items()
+    ]
+    for name, rows in sweeps:
+        for sr in rows:
+            if sr.detectability is not None:
+                pairs.append((f"{name} σ={sr.sigma:g} detectability", _det(sr), sr.interval))
+            if sr.evasion_rate is not None:
+                pairs.append((f"{name} σ={sr.sigma:g} evasion", sr.evasion_rate, sr.evasion_interval))
+    for m, cs in results.curves.models.items():
+        for a, c in cs.items():
+            pairs.append((f"{m} / {a} AUC", c.auc, c.auc_interval))
+            pairs += [(f"{m} / {a} accuracy", v, iv) for v, iv in zip(c.accuracy, c.accuracy_band)]
+    measured = [(name, v, iv) for name, v, iv in pairs if iv is not None]
+    bad = [
+        f"{name}: {v:.4f} vs. {iv}"
+        for name, v, iv in measured
+        if abs(iv.estimate - v) > 1e-6 or not iv.low - 1e-9 <= iv.estimate <= iv.high + 1e-9
+    ]
+    text = (
+        f"every 95% interval ({len(measured)}) is centred on the number it qualifies "
+        "(recomputed from the stored per-image outcomes)"
+    )
+    return AcceptanceItem(not bad, "check", text + (f"; mismatched: {', '.join(bad[:3])}" if bad else ""))
 
 
 def _range_check(results: DetectorResults) -> AcceptanceItem:
@@ -148,7 +237,13 @@ def _upper_lower(values: list[list[float]]) -> tuple[float, float]:
     return float(v[iu].mean()), float(v[il].mean())
 
 
-Finding = tuple[str, bool | None]
+#: a finding restated with this run's numbers, and its verdict (None: reported, not judged)
+Finding = tuple[str, Verdict | None]
+
+
+def _judged(ok: bool) -> Verdict:
+    """A verdict decided on point estimates (comparisons of two numbers with no interval)."""
+    return "holds" if ok else "does not hold"
 
 
 def _rows_of(results: DetectorResults, key: str) -> list[StaticRow]:
@@ -158,9 +253,10 @@ def _rows_of(results: DetectorResults, key: str) -> list[StaticRow]:
 
 def _static_findings(results: DetectorResults) -> list[Finding]:
     acc = acceptance(results)
+    both = _combined([acc[0].verdict or _judged(acc[0].ok), acc[1].verdict or _judged(acc[1].ok)])
     out: list[Finding] = [
-        (f"Static adversaries are detected well (paper: > 80% below 30% accuracy, > 90% below 10%): {acc[1].text}.",
-         acc[0].ok and acc[1].ok)
+        (f"Static adversaries are detected well (paper: > 80% below 30% accuracy, > 90% below 10%): "
+         f"{acc[0].text}; {acc[1].text}.", both)
     ]  # fmt: skip
     mono = []
     for key in sorted({r.adversary for r in results.static}):
@@ -170,7 +266,7 @@ def _static_findings(results: DetectorResults) -> list[Finding]:
             mono.append(all(b >= a - 0.01 for a, b in itertools.pairwise(dets)))
     if mono:
         text = f"Larger epsilon, higher detectability: non-decreasing for {sum(mono)} of {len(mono)} adversaries."
-        out.append((text, all(mono)))
+        out.append((text, _judged(all(mono))))
     depth = results.depth.detectability
     best = ", ".join(f"{k}: {max(row, key=lambda layer: row[layer])}" for k, row in depth.items())
     out.append(
@@ -189,29 +285,47 @@ def _generalisation_findings(results: DetectorResults) -> list[Finding]:
         text = (
             f"{m.title}: trained on a small epsilon, tested on larger ones {up:.3f}; large to small {lo:.3f}."
         )
-        out.append((text + " (paper: small -> large generalises, not the reverse)", up >= lo))
+        out.append((text + " (paper: small -> large generalises, not the reverse)", _judged(up >= lo)))
     f4 = results.fig4
     idx, v = {n: i for i, n in enumerate(f4.rows)}, f4.values
     if {"Fast", "Iterative ℓ∞", "Iterative ℓ2"} <= set(idx):
         fast, it, l2 = idx["Fast"], idx["Iterative ℓ∞"], idx["Iterative ℓ2"]
-        out.append((f"Iterative -> Fast generalises ({v[it][fast]:.3f}) better than Fast -> Iterative ({v[fast][it]:.3f}).", v[it][fast] >= v[fast][it]))  # fmt: skip
-        out.append((f"Detectors generalise between the ℓ∞ and ℓ2 iterative adversaries ({v[it][l2]:.3f}, {v[l2][it]:.3f}).", min(v[it][l2], v[l2][it]) >= 0.8))  # fmt: skip
+        out.append((f"Iterative -> Fast generalises ({v[it][fast]:.3f}) better than Fast -> Iterative ({v[fast][it]:.3f}).", _judged(v[it][fast] >= v[fast][it])))  # fmt: skip
+        out.append((f"Detectors generalise between the ℓ∞ and ℓ2 iterative adversaries ({v[it][l2]:.3f}, {v[l2][it]:.3f}).", _judged(min(v[it][l2], v[l2][it]) >= 0.8)))  # fmt: skip
     return out
 
 
 def _dynamic_findings(results: DetectorResults) -> list[Finding]:
     s, d, n = worst_sigma(results.dynamic.static)
-    text = f"The dynamic adversary fools the static detector: lowest detectability {d:.3f} at sigma {s:g} ({n} successful examples; paper: near chance at sigma 0.3-0.4)."
-    out: list[Finding] = [(text, bool(d <= 0.6))]
+    worst = next((r for r in results.dynamic.static if r.sigma == s and r.detectability is not None), None)
+    fooled: Verdict = verdict(_interval(worst), 0.6, above=False) if worst is not None else "inconclusive"
+    band = _ci(worst.interval) if worst is not None else ""
+    text = f"The dynamic adversary fools the static detector: lowest detectability {d:.3f}{band} at sigma {s:g} ({n} successful examples; paper: near chance at sigma 0.3-0.4; judged against 0.6)."
+    out: list[Finding] = [(text, fooled)]
     items = acceptance(results)
-    out.append((items[3].text + ".", items[3].ok))
+    out.append((items[3].text + ".", items[3].verdict or _judged(items[3].ok)))
     aware = [i for i in items[4:] if i.kind == "finding"]
-    out += [(i.text + ". The deployed system faces this attacker, not the paper's.", i.ok) for i in aware]
+    out += [
+        (i.text + ". The deployed system faces this attacker, not the paper's.", i.verdict or _judged(i.ok))
+        for i in aware
+    ]
     curves = results.curves.models
     if {"dynamic detector", "undefended"} <= set(curves):
-        u, dd = (curves[m]["worst case"].auc_defended for m in ("undefended", "dynamic detector"))
-        text = f"Under the worst case of all attacks (adaptive ones included) the dynamic detector keeps more inputs defended (correct or rejected; AUC {dd:.3f}) than the undefended classifier ({u:.3f})."
-        out.append((text, dd > u))
+        u, dd = (curves[m]["worst case"] for m in ("undefended", "dynamic detector"))
+        diff = results.curves.differences.get("dynamic detector - undefended")
+        paired = (
+            ""
+            if diff is None
+            else f"; paired difference {diff.estimate:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+        )
+        text = (
+            "Under the worst case of all attacks (adaptive ones included) the dynamic detector keeps more inputs "
+            f"defended (correct or rejected; AUC {dd.auc_defended:.3f}{_ci(dd.auc_defended_interval)}) than the "
+            f"undefended classifier ({u.auc_defended:.3f}{_ci(u.auc_defended_interval)}{paired})."
+        )
+        out.append(
+            (text, verdict(diff, 0.0) if diff is not None else _judged(dd.auc_defended > u.auc_defended))
+        )
     return out
 
 
@@ -221,18 +335,36 @@ def interpretation(results: DetectorResults) -> list[Finding]:
 
 
 # -- figures ---------------------------------------------------------------------------------
+def _band(ax: Any, xs: Sequence[float], intervals: Sequence[Interval | None], colour: str | None) -> None:
+    """Shade the 95% interval of a curve (points without an interval are left out)."""
+    pts = [(x, iv.low, iv.high) for x, iv in zip(xs, intervals) if iv is not None and iv.n > 0]
+    if pts:
+        ax.fill_between([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], color=colour,
+                        alpha=0.18, linewidth=0)  # fmt: skip
+
+
+def _yerr(rows: Sequence[StaticRow | SweepRow]) -> list[list[float]] | None:
+    """Asymmetric error bars (below, above) of the rows' detectability intervals."""
+    ivs = [_interval(r) for r in rows]
+    if all(iv.n == 0 for iv in ivs):
+        return None
+    return [[max(0.0, iv.estimate - iv.low) for iv in ivs], [max(0.0, iv.high - iv.estimate) for iv in ivs]]
+
+
 def _fig_static(results: DetectorResults) -> str:
     fig, ax = figure(6.0, 4.0)
     for key in dict.fromkeys(r.adversary for r in results.static):
         rows = _rows_of(results, key)
         xs, ys = [r.classifier_accuracy for r in rows], [_det(r) for r in rows]
-        ax.plot(xs, ys, "o-", color=_COLOURS.get(key), label=rows[0].label)
+        ax.errorbar(
+            xs, ys, yerr=_yerr(rows), fmt="o-", color=_COLOURS.get(key), label=rows[0].label, capsize=2
+        )
         for r, x, y in zip(rows, xs, ys):
             if math.isfinite(r.units):
                 ax.annotate(f"{r.units:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.plot([results.clean_accuracy], [0.5], "ks", label="No (unchanged input)")
     ax.set_xlabel("classifier accuracy on adversarial examples")
-    ax.set_ylabel("detectability")
+    ax.set_ylabel("detectability (95% interval)")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(0.45, 1.02)
     ax.legend(fontsize=8, loc="best")
@@ -286,7 +418,9 @@ def _fig_dynamic(results: DetectorResults) -> str:
         ("dynamic", results.dynamic.dynamic, "#1f77b4"),
     ):
         pts = _sweep_points(rows)
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color=colour, label=f"{name} detector")
+        kept = [r for r in rows if r.detectability]
+        ax.errorbar([p[1] for p in pts], [p[2] for p in pts], yerr=_yerr(kept), fmt="o-", color=colour,
+                    label=f"{name} detector", capsize=2)  # fmt: skip
         for s, x, y, _ in pts:
             ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
@@ -303,20 +437,26 @@ def _fig_aware(results: DetectorResults) -> str:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=100)
     for name, colour in (("static", "#d62728"), ("dynamic", "#1f77b4")):
-        paper = _sweep_points(dyn.static if name == "static" else dyn.dynamic)
+        rows = dyn.static if name == "static" else dyn.dynamic
+        paper = _sweep_points(rows)
         left.plot([p[0] for p in paper], [p[2] for p in paper], "o--", color=colour, alpha=0.6,
                   label=f"{name} detector, paper protocol (0.5)")  # fmt: skip
+        _band(left, [r.sigma for r in rows], [r.interval for r in rows if r.detectability], colour)
         if name not in dyn.aware:
             continue
         sweep = dyn.aware[name]
         aware = _sweep_points(sweep.rows)
         left.plot([p[0] for p in aware], [p[2] for p in aware], "s-", color=colour,
                   label=f"{name} detector, threshold-aware ({sweep.threshold:.3g})")  # fmt: skip
-        rates = [(r.sigma, r.evasion_rate) for r in sweep.rows if r.evasion_rate is not None]
-        right.plot([r[0] for r in rates], [r[1] for r in rates], "s-", color=colour, label=f"{name} detector")
+        kept = [r for r in sweep.rows if r.detectability]
+        _band(left, [r.sigma for r in kept], [r.interval for r in kept], colour)
+        rated = [r for r in sweep.rows if r.evasion_rate is not None]
+        right.plot([r.sigma for r in rated], [r.evasion_rate for r in rated], "s-", color=colour,
+                   label=f"{name} detector")  # fmt: skip
+        _band(right, [r.sigma for r in rated], [r.evasion_interval for r in rated], colour)
     left.axhline(0.7, color="grey", lw=0.8, ls="--")
     left.axhline(0.5, color="grey", lw=0.8, ls=":")
-    left.set_xlabel("sigma")
+    left.set_xlabel("sigma (bands: 95% intervals over test images)")
     left.set_ylabel("detectability (successful examples)")
     left.set_ylim(0.4, 1.02)
     left.legend(fontsize=7)
@@ -346,6 +486,7 @@ def _fig_curves(results: DetectorResults, attack: str) -> str:
             labels=("correct", "rejected", "misclassified"),
             alpha=0.85,
         )
+        _curve_bands(ax, units, c)
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("L∞ epsilon (paper units)", fontsize=8)
         ax.set_ylim(0, 1)
@@ -355,6 +496,12 @@ def _fig_curves(results: DetectorResults, attack: str) -> str:
     fig.suptitle(attack, fontsize=10)
     fig.tight_layout()
     return to_svg(fig)
+
+
+def _curve_bands(ax: Any, units: Sequence[float], c: CurveSummary) -> None:
+    """95% bands of the two stack boundaries: accuracy, and accuracy + rejected."""
+    _band(ax, units, list(c.accuracy_band), "black")
+    _band(ax, units, list(c.unbroken_band), "black")
 
 
 # -- page ------------------------------------------------------------------------------------
@@ -367,6 +514,7 @@ def _static_table(page: Page, results: DetectorResults) -> None:
             r.layer,
             r.classifier_accuracy,
             _det(r),
+            _ci(r.interval).strip() or "n/a",
             r.detectability.roc_auc,
             r.detectability.tpr_at_fpr,
         ]
@@ -376,10 +524,11 @@ def _static_table(page: Page, results: DetectorResults) -> None:
         [
             "adversary",
             "eps (paper units)",
-            "eps (MNIST)",
+            "eps (pixels in [0, 1])",
             "layer",
             "classifier acc.",
             "detectability",
+            "95% interval",
             "ROC AUC",
             "TPR @ 5% FPR",
         ],
@@ -394,6 +543,7 @@ def _dynamic_table(page: Page, results: DetectorResults) -> None:
         cells: list[object] = [f"{a.sigma:g}"]
         for r in (a, b):
             cells += [r.classifier_accuracy, r.n_successful, _det(r) if r.detectability else "n/a"]
+            cells.append(_ci(r.interval).strip() or "n/a")
         rows.append(cells)
     page.table(
         [
@@ -401,9 +551,11 @@ def _dynamic_table(page: Page, results: DetectorResults) -> None:
             "static: clf acc.",
             "successes",
             "detectability",
+            "95% interval",
             "dynamic: clf acc.",
             "successes",
             "detectability",
+            "95% interval",
         ],
         rows,
     )
@@ -432,13 +584,21 @@ def _aware_section(page: Page, results: DetectorResults) -> None:
     )
     header, rows = ["sigma"], []
     for name in dyn.aware:
-        header += [f"{name}: clf acc.", "fooled", "detectability", "evasion rate"]
+        header += [
+            f"{name}: clf acc.",
+            "fooled",
+            "detectability",
+            "95% interval",
+            "evasion rate",
+            "95% interval",
+        ]
     for i, sigma in enumerate(dyn.aware[next(iter(dyn.aware))].rows):
         cells: list[object] = [f"{sigma.sigma:g}"]
         for sweep in dyn.aware.values():
             r = sweep.rows[i]
             rate = r.evasion_rate if r.evasion_rate is not None else "n/a"
-            cells += [r.classifier_accuracy, r.n_successful, _det(r) if r.detectability else "n/a", rate]
+            cells += [r.classifier_accuracy, r.n_successful, _det(r) if r.detectability else "n/a"]
+            cells += [_ci(r.interval).strip() or "n/a", rate, _ci(r.evasion_interval).strip() or "n/a"]
         rows.append(cells)
     page.table(header, rows)
 
@@ -471,21 +631,55 @@ def _deepfool_layers(results: DetectorResults) -> str:
     return f"{', '.join(chosen)}, chosen by validation detectability ({scores})"
 
 
+def _classifier(results: DetectorResults) -> str:
+    """The classifier's name and where it came from (trained here on how many images, or loaded)."""
+    info = results.classifier
+    if not info:
+        return "mnist-cnn"
+    name = str(info.get("name", "the classifier"))
+    if "trained_on" in info:
+        how = (
+            f"trained here on {info['trained_on']} CIFAR-10 training images for {info['epochs']} epochs (Adam, lr "
+            f"{info['lr']:g}, cosine schedule, 4-pixel shifts; paper: SGD for 100 epochs, 91.3% test accuracy)"
+        )
+        return f"{name}, {how}, saved as {info.get('weights')}"
+    return f"{name}, loaded from {info.get('weights')}"
+
+
+def _units(s: Settings) -> str:
+    if s.dataset != "mnist5k":
+        return (
+            f"Epsilons in the paper's own units: 1 = 1/255 (pixels in [0, 1]) in L∞ and L2, on {s.dataset}'s "
+            f"{s.input_dims} dimensions as in the paper. Attachment points: AD(0)-AD(4) = "
+            + ", ".join(f"{k} {v}" for k, v in ATTACHMENT_POINTS.items())
+            + "."
+        )
+    return (
+        f"Epsilons: one paper unit ([0, 255] on CIFAR) = {s.linf_unit:g} in L∞ and {s.l2_unit:.4f} in L2 on "
+        "MNIST (same per-pixel size on 784 instead of 3072 dimensions); MNIST needs larger perturbations than CIFAR."
+    )
+
+
 def _setup(results: DetectorResults) -> list[str]:
     s = results.settings
     w = s.width
     return [
-        f"Classifier mnist-cnn, clean test accuracy {results.clean_accuracy:.3f}. Detector: the paper's architecture "
+        f"Classifier {_classifier(results)}; clean test accuracy {results.clean_accuracy:.3f}. Detector: the paper's architecture "
         f"(width {w:g}: {round(96 * w)}/{round(192 * w)}/{round(192 * w)} channels), attached at {s.layer} "
         f"(DeepFool: {_deepfool_layers(results)}), trained {s.epochs} epochs with Adam (lr {s.lr:g}, betas "
         "0.99/0.999) on cached features of the frozen classifier, model selection on the validation split.",
-        f"Epsilons: one paper unit ([0, 255] on CIFAR) = {s.linf_unit:g} in L∞ and {s.l2_unit:.4f} in L2 on "
-        "MNIST (same per-pixel size on 784 instead of 3072 dimensions); MNIST needs larger perturbations than CIFAR.",
+        _units(s),
         f"Iterative methods: 10 iterations, alpha = 1 (L∞) / 20 (L2) paper units. DeepFool: {s.deepfool_steps} "
         f"steps, {s.deepfool_candidates} candidate classes, unbounded (minimum norm).",
         f"Dynamic adversary: epsilon = {results.dynamic.epsilon:.3f} (the Iterative ℓ∞ epsilon* below 30% "
         f"accuracy), alpha = {s.dyn_alpha:g} paper units, {s.dyn_steps} iterations. Dynamic detector: the static "
         f"detector trained {s.dyn_epochs} more epochs by dynamic adversary training on {s.dyn_train} images.",
+        f"Uncertainty: 95% percentile bootstrap intervals over the test images ({s.resamples} resamples, seed "
+        f"{s.seed}). An image and its adversarial example are resampled together (detectability is a balanced "
+        "accuracy over both); a dynamic adversary's detectability counts the resampled images whose example fools "
+        "the classifier; curves resample whole per-image curves. A finding holds when its whole interval lies on "
+        "the paper's side of the bound, does not hold when it lies wholly on the other side, and is inconclusive "
+        "otherwise.",
         "Threshold-aware dynamic adversary (beside Fig. 5 and in the security curves): the hinge objective against "
         "the detector's deployed threshold (5% validation FPR) instead of the paper's cross-entropy towards "
         "p_adv = 0; its detectability is scored at that threshold.",
@@ -497,9 +691,9 @@ def _flags(page: Page, results: DetectorResults) -> None:
     for item in acceptance(results):  # a finding that does not hold is a result (warn), not an error
         page.flag(item.text, "ok" if item.ok and item.kind != "info" else "bad" if item.error else "warn")
     page.section("Interpretation: which findings of the paper hold here", "interpretation")
-    for text, holds in interpretation(results):
-        prefix = {True: "holds: ", False: "does not hold: ", None: ""}[holds]
-        page.flag(prefix + text, "ok" if holds else "warn")  # not holding is a result, not an error
+    for text, result in interpretation(results):
+        prefix = "" if result is None else f"{result}: "
+        page.flag(prefix + text, "ok" if result == "holds" else "warn")  # a result, not an error
 
 
 def _curves(page: Page, results: DetectorResults) -> None:
@@ -512,10 +706,26 @@ def _curves(page: Page, results: DetectorResults) -> None:
         "worst case takes the worst outcome per input over all of them."
     )
     for attack in results.curves.models["undefended"]:
-        page.svg(_fig_curves(results, attack))
+        page.svg(
+            _fig_curves(results, attack),
+            "Grey bands: 95% intervals of the accuracy and of accuracy + rejected.",
+        )
     worst = {m: c["worst case"] for m, c in results.curves.models.items()}
-    rows = [[m, w.accuracy[0], w.auc, w.auc_defended] for m, w in worst.items()]
-    page.table(["system", "clean accuracy", "AUC accuracy (worst case)", "AUC accuracy + rejected"], rows)
+    rows = [
+        [m, w.accuracy[0], w.auc, _ci(w.auc_interval).strip() or "n/a", w.auc_defended,
+         _ci(w.auc_defended_interval).strip() or "n/a"]
+        for m, w in worst.items()
+    ]  # fmt: skip
+    page.table(
+        ["system", "clean accuracy", "AUC accuracy (worst case)", "95% interval", "AUC accuracy + rejected",
+         "95% interval"],
+        rows,
+    )  # fmt: skip
+    for name, iv in results.curves.differences.items():
+        page.paragraph(
+            f"Paired difference of AUC(accuracy + rejected), worst case, {name}: {iv.estimate:+.3f} "
+            f"[{iv.low:+.3f}, {iv.high:+.3f}] (95% interval, the same {iv.n} test images resampled for both)."
+        )
 
 
 def render(results: DetectorResults, seconds: float = 0.0) -> Page:
@@ -523,7 +733,7 @@ def render(results: DetectorResults, seconds: float = 0.0) -> Page:
     s = results.settings
     page = Page(
         "Detecting adversarial perturbations (Metzen et al. 2017) — reproduction",
-        f"mnist-cnn on mnist5k, {s.name} run: {s.n_train} training / {s.n_val} validation / "
+        f"{results.classifier.get('name', 'mnist-cnn')} on {s.dataset}, {s.name} run: {s.n_train} training / {s.n_val} validation / "
         f"{s.n_test} test images, {seconds:.0f} s",
     )
     _flags(page, results)
