@@ -22,7 +22,7 @@ from . import attacks
 from ._validation import epsilon_grid
 from .attacks.base import Attack
 from .errors import ConfigError, MissingDependencyError, UnknownNameError, closest
-from .evaluation.spec import default_name
+from .evaluation.spec import CertifySpec, default_name
 from .threat_model import NORMS, ThreatModel
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "RunConfig",
+    "certified_norms",
     "default_config_text",
     "load_config",
     "parse_config",
@@ -162,9 +163,39 @@ class DataConfig:
         )
 
 
+#: verification methods a model may ask for (``certify = [...]``) and the norms each certifies
+CERTIFY_METHODS: dict[str, tuple[str, ...]] = {
+    "ibp": ("linf", "l2"),
+    "crown": ("linf", "l2"),
+    "milp": ("linf",),
+}
+#: ``certify_options`` keys: MILP seconds per sample, MILP falsifier steps, alpha-CROWN steps
+CERTIFY_OPTIONS = ("time_limit", "falsify", "alpha_steps")
+
+
+def _certify_options(where: str, value: Any) -> dict[str, Any]:
+    t = _table(where, value, list(CERTIFY_OPTIONS))
+    out: dict[str, Any] = {}
+    if "time_limit" in t:
+        v = _type(f"{where}.time_limit", t["time_limit"], (int, float), "a number of seconds")
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{where}.time_limit must be a number of seconds > 0, got {v!r}")
+        out["time_limit"] = float(v)
+    for key in ("falsify", "alpha_steps"):
+        if key in t:
+            out[key] = _int(f"{where}.{key}", t[key], 0)
+    return out
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """A model to evaluate: a zoo name or file, optionally wrapped in a defence."""
+    """A model to evaluate: a zoo name or file, optionally wrapped in a defence.
+
+    ``certify``: verification methods (``ibp``, ``crown``, ``milp``) that prove robustness per
+    sample at the epsilons of the model's attacks, in ``certify_norms`` (default: every norm an
+    untargeted attack runs in on the model); ``certify_options``: ``time_limit`` (MILP seconds per
+    sample), ``falsify`` (MILP falsifier steps), ``alpha_steps`` (alpha-CROWN).
+    """
 
     name: str
     model: str = ""
@@ -173,6 +204,9 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     defense: str = ""
     defense_params: dict[str, Any] = field(default_factory=dict)
+    certify: tuple[str, ...] = ()
+    certify_norms: tuple[str, ...] = ()
+    certify_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, d: dict[str, Any], where: str) -> ModelConfig:
@@ -181,6 +215,19 @@ class ModelConfig:
             raise ConfigError(f"{where}.name is missing (a label; also the zoo name unless `model` is given)")
         shape = t.get("input_shape", [])
         _type(f"{where}.input_shape", shape, list, "a list of integers")
+        methods = _type(f"{where}.certify", t.get("certify", []), list, "a list of verification methods")
+        for i, m in enumerate(methods):
+            _type(f"{where}.certify[{i}]", m, str, "a verification method")
+            if m not in CERTIFY_METHODS:
+                raise ConfigError(
+                    f"{where}.certify[{i}]: unknown verification method {m!r}; choose from {', '.join(CERTIFY_METHODS)}"
+                )
+        if len(set(methods)) != len(methods):
+            raise ConfigError(f"{where}.certify lists a method twice: {methods!r}")
+        norms = _type(f"{where}.certify_norms", t.get("certify_norms", []), list, "a list of norm names")
+        if norms and not methods:
+            raise ConfigError(f"{where}.certify_norms is set but {where}.certify lists no method")
+        options = _certify_options(f"{where}.certify_options", t.get("certify_options", {}))
         return cls(
             name=_name(f"{where}.name", t["name"]),
             model=_type(f"{where}.model", t.get("model", t["name"]), str, "a zoo name or a file"),
@@ -189,6 +236,11 @@ class ModelConfig:
             options=_type(f"{where}.options", t.get("options", {}), dict, "a table"),
             defense=_type(f"{where}.defense", t.get("defense", ""), str, "a defence name"),
             defense_params=_type(f"{where}.defense_params", t.get("defense_params", {}), dict, "a table"),
+            certify=tuple(methods),
+            certify_norms=tuple(
+                dict.fromkeys(_norm(f"{where}.certify_norms[{i}]", n) for i, n in enumerate(norms))
+            ),
+            certify_options=options,
         )
 
 
@@ -269,6 +321,25 @@ class Config:
     epsilons: dict[str, tuple[float, ...]] = field(default_factory=dict)
     source: str = "<default>"
 
+    def certify_specs(self) -> list[CertifySpec]:
+        """One :class:`~evasion.evaluation.spec.CertifySpec` per method and norm the models ask
+        for (``certify``), each naming the models it certifies."""
+        grouped: dict[tuple[str, str], tuple[dict[str, Any], list[str]]] = {}
+        for mc in self.models:
+            for norm in certified_norms(self, mc):
+                for method in mc.certify:
+                    options, names = grouped.setdefault((method, norm), (mc.certify_options, []))
+                    if options != mc.certify_options:
+                        raise ConfigError(
+                            f"models {names[0]!r} and {mc.name!r} both certify {method}-{norm} but with other "
+                            "certify_options; give them the same options"
+                        )
+                    names.append(mc.name)
+        return [
+            CertifySpec(method, norm, models=tuple(names), **options)
+            for (method, norm), (options, names) in grouped.items()
+        ]
+
     def to_toml(self) -> str:
         """The resolved config as TOML (defaults filled in; loads back to an equal config)."""
         lines = [f"# resolved from {self.source}", "", "[run]"]
@@ -338,6 +409,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
                 raise ConfigError(
                     f"attacks[{i}].models names {m!r}, which is not a model of the config; models: {', '.join(sorted(names))}"
                 )
+    partial = Config(run, DataConfig(), models, attacks, grids, source)
+    for mc in models:
+        certified_norms(partial, mc)  # a norm a method cannot certify is named now
     for kind, items in (("model", [m.name for m in models]), ("attack", [a.name for a in attacks if a.name])):
         dup = sorted({n for n in items if items.count(n) > 1})
         if dup:
@@ -350,6 +424,36 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         grids,
         source,
     )
+
+
+def certified_norms(config: Config, mc: ModelConfig) -> tuple[str, ...]:
+    """The norms ``mc`` is certified in: ``certify_norms``, else every norm an untargeted attack
+    runs in on it (its ``[[attacks]]`` and, when it runs, the default suite's ``[epsilons]``).
+
+    A norm one of its methods cannot certify, or a certified norm no attack runs in (nothing to
+    put the proof beside), is a :class:`ConfigError` naming the key."""
+    if not mc.certify:
+        return ()
+    where = f"models[{[m.name for m in config.models].index(mc.name)}]"
+    attacked = {a.norm for a in config.attacks if a.target is None and (not a.models or mc.name in a.models)}
+    if config.run.default_suite or not config.attacks:
+        attacked |= set(config.epsilons)
+    norms = mc.certify_norms or tuple(n for n in NORMS if n in attacked)
+    for norm in norms:
+        if norm not in attacked:
+            raise ConfigError(
+                f"{where}.certify_norms names {norm}, but no untargeted {norm} attack runs on {mc.name!r} "
+                "to compare the proof with"
+            )
+        for method in mc.certify:
+            if norm not in CERTIFY_METHODS[method]:
+                key = "certify_norms" if mc.certify_norms else "certify"
+                raise ConfigError(
+                    f"{where}.{key}: {method} cannot certify the {norm} norm (it certifies "
+                    f"{', '.join(CERTIFY_METHODS[method])}); {mc.name!r} is attacked in {norm}: set "
+                    f"{where}.certify_norms to the norms {method} can certify, or drop {method}"
+                )
+    return tuple(norms)
 
 
 #: the embedded default config, shipped inside the package

@@ -22,6 +22,7 @@ from ..build import build
 from ..config import RunConfig, load_config
 from ..errors import ConfigError, StoreError
 from ..evaluation import Engine, Evaluation, ProgressEvent, evaluate
+from ..evaluation.engine import certification_plan
 from ..models.classifier import Classifier
 from ..runtime import auto_batch_size
 from ..store import RunStore
@@ -46,7 +47,12 @@ def add_parser(sub: Any) -> None:
         "model; the detector is trained once, about 15 s, and cached). A config without [[attacks]] "
         "gets the same default suites. Every run adds a self-check per norm: a longer APGD that "
         "re-attacks what every attack left ([run] self_check = false turns it off). "
-        "Re-running the same command resumes an interrupted run and computes only what is new.",
+        "Re-running the same command resumes an interrupted run and computes only what is new. "
+        'Verification: certify = ["ibp", "crown", "milp"] in a [[models]] table proves robustness per '
+        'sample at the epsilons of its attacks (certify_norms = ["linf"] picks the norms; '
+        "certify_options = {time_limit = 30} bounds the MILP per sample; milp is exact but L-inf only and "
+        "for small ReLU networks); the summary and the report then show certified <= exact <= attacked "
+        "accuracy per epsilon and the unknown band between them (docs/verification.md).",
     )
     p.add_argument(
         "config",
@@ -142,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, run=RunConfig.parse({**_run_table(config.run), "batch_size": size}))
     device = pick_device(args.device or config.run.device)
     clfs, data, specs = build(config, device)
+    certify = config.certify_specs()
+    certification_plan(certify, clfs, {str(s.name): s for s in specs}, data.x)  # refused before any write
     engine = _engine(args)
     out = args.out or DEFAULT_ROOT / config.run.name
     if config.run.auto_batch:
@@ -161,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             progress=bars,
             store=store,
             engine=engine,
+            certify=certify,
         )
         ev = store.evaluation()
     seconds = time.time() - started
@@ -183,6 +192,36 @@ def _report(ev: Evaluation, out: Path) -> Path:
     return write_report(ev, out / "report.html")
 
 
+def sandwich_lines(ev: Evaluation, model: str) -> list[str]:
+    """certified <= exact <= attacked accuracy per certified epsilon, the unknown band, and an
+    ERROR line for a sample certified yet broken (a bug in a bound or an attack)."""
+    lines = []
+    norms = sorted(
+        {ev.certifications[n].norm for n in ev.certification_names(model) if n in ev.certifications}
+    )
+    for norm in norms:
+        rows = ev.sandwich(model, norm)
+        if not rows:
+            continue
+        lines.append(f"  sandwich {norm} (certified <= exact <= attacked; unknown: unbroken, not proved):")
+        missed = ev.missed_by_attacks(model, norm)
+        for r in rows:
+            methods = ", ".join(f"{m} {r.by_method[m]:.3f}" for m in ("ibp", "crown") if m in r.by_method)
+            exact = "" if r.exact is None else f"  exact {r.exact:.3f} ({r.exact_unknown or 0:.3f} timed out)"
+            if r.epsilon in missed:
+                exact += f", {len(missed[r.epsilon])} breakable sample(s) the attacks missed"
+            lines.append(
+                f"    eps {r.epsilon:g}: certified {r.certified:.3f} ({methods or 'milp'}){exact}  "
+                f"attacked {r.attacked:.3f}  unknown {r.unknown} of {r.samples}"
+            )
+            if r.contradictions:
+                lines.append(
+                    f"    ERROR eps {r.epsilon:g}: {r.contradictions} sample(s) certified yet broken by an attack: "
+                    "a bug in a bound or an attack (report it)"
+                )
+    return lines
+
+
 def summary(ev: Evaluation, out: Path, report: Path | None, seconds: float, cached: int = 0) -> str:
     """A short text summary: clean accuracy, robust accuracy per attack, flags, where things are."""
     lines = [f"evaluated {ev.samples} samples in {seconds:.1f} s ({cached} cells reused from {out})"]
@@ -196,6 +235,7 @@ def summary(ev: Evaluation, out: Path, report: Path | None, seconds: float, cach
                 for e, a, r in zip(curve.epsilons[1:], curve.accuracy[1:], curve.rejected[1:])
             )
             lines.append(f"  {curve.attack:<18} auc {curve.auc():.3f}  accuracy at eps {points}")
+        lines += sandwich_lines(ev, model)
     flags = ev.checks
     lines.append(f"attack-failure flags: {len(flags)}" if flags else "attack-failure checks: all passed")
     lines += [f"  [{c.level}] {c.code} ({c.model}/{c.attack or '-'}): {c.message}" for c in flags]

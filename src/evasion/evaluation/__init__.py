@@ -22,7 +22,7 @@ from .plan import Context, Task
 from .protocols import Engine, ProgressEvent, Setup, Sink
 from .records import SOURCES, Cell, CellOutput, CleanRecord, Record
 from .result import Evaluation, Example
-from .spec import AttackSpec, SpecInfo, check_epsilons
+from .spec import AttackSpec, CertifySpec, SpecInfo, check_epsilons
 from .transfer import TransferMatrix, transferability
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "AttackSpec",
     "Cell",
     "CellOutput",
+    "CertifySpec",
     "Check",
     "CleanRecord",
     "Context",

@@ -36,8 +36,18 @@ from ..models.classifier import REJECT, Classifier
 from ..perturbations import norm as perturbation_norm
 from ..perturbations import project, random_start
 from ..threat_model import ThreatModel
-from .records import ATTACK_COLUMNS, CLEAN_COLUMNS, SOURCES, Cell, CellOutput, Source, empty_columns
-from .spec import AttackSpec
+from .records import (
+    ATTACK_COLUMNS,
+    CERTIFY_COLUMNS,
+    CERTIFY_STATUSES,
+    CLEAN_COLUMNS,
+    SOURCES,
+    Cell,
+    CellOutput,
+    Source,
+    empty_columns,
+)
+from .spec import AttackSpec, CertifySpec
 
 __all__ = [
     "Batch",
@@ -48,6 +58,7 @@ __all__ = [
     "cell_seed",
     "initial_state",
     "run_budget",
+    "run_certify",
     "run_clean",
     "run_search",
     "search_result",
@@ -537,3 +548,45 @@ def advance(state: ChainState, out: CellOutput, batch: Batch) -> ChainState:
         confidence=torch.from_numpy(cols["confidence"].copy()),
         norm_value=torch.from_numpy(cols["norm_value"].copy()),
     )
+
+
+# -- certification cells -------------------------------------------------------------------------
+def run_certify(model: Classifier, spec: CertifySpec, batch: Batch, cell: Cell) -> CellOutput:
+    """Certify one batch at the cell's epsilon (:func:`evasion.verification.certify`).
+
+    The columns hold what was proved per sample; a MILP's counterexamples (re-checked adversarial
+    points) are the cell's points, so the store keeps them like an attack's."""
+    from ..verification import certificate
+
+    start = time.perf_counter()
+    threat = ThreatModel(spec.norm, cell.epsilon, bounds=model.bounds)
+    cert = certificate.certify(
+        model, batch.x.to(model.device), batch.y.to(model.device), threat=threat, method=spec.method,
+        **spec.options(),
+    )  # fmt: skip
+    cols = empty_columns(CERTIFY_COLUMNS, batch.n)
+    cols["index"][:] = batch.indices
+    cols["label"][:] = batch.y.numpy()
+    cols["certified"][:] = cert.certified.cpu().numpy()
+    cols["clean_correct"][:] = cert.clean_correct.cpu().numpy()
+    cols["margin_lower"][:] = cert.margin_lower.detach().double().cpu().numpy()
+    cols["margin_upper"].fill(math.nan)
+    cols["seconds"].fill(math.nan)
+    cols["status"].fill(-1)
+    rows: list[int] = []
+    points: list[Tensor] = []
+    if cert.status is not None:
+        cols["status"][:] = [CERTIFY_STATUSES.index(s) for s in cert.status]
+        if cert.margin_upper is not None:
+            cols["margin_upper"][:] = cert.margin_upper.detach().double().cpu().numpy()
+        if cert.sample_seconds is not None:
+            cols["seconds"][:] = cert.sample_seconds.double().cpu().numpy()
+        for i, point in enumerate(cert.counterexample or ()):
+            if point is not None:
+                rows.append(i)
+                points.append(point.detach().cpu().reshape(batch.x.shape[1:]).to(batch.x.dtype))
+    out = CellOutput(cell, cols, seconds=time.perf_counter() - start)
+    if rows:
+        out.indices = (np.asarray(rows, dtype=np.int64) + batch.start).astype(np.int64)
+        out.adversarial = torch.stack(points).contiguous()
+    return out

@@ -27,7 +27,7 @@ from .plan import Context, Task, check_mask_rows, default_threads, make_plan, ru
 from .protocols import Emit, Engine, Load, ProgressEvent, Setup, Sink
 from .records import SOURCES, Cell, CellOutput
 from .result import Evaluation, Example
-from .spec import AttackSpec
+from .spec import AttackSpec, CertifySpec
 from .suite import self_check_specs, suites
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "ProgressEvent",
     "Setup",
     "Sink",
+    "certification_plan",
     "data_fingerprint",
     "evaluate",
     "fingerprint",
@@ -116,6 +117,58 @@ def data_fingerprint(x: Tensor, y: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def certification_plan(
+    certify: CertifySpec | Sequence[CertifySpec] | None,
+    clfs: Mapping[str, Classifier],
+    specs: Mapping[str, AttackSpec],
+    x: Tensor,
+) -> tuple[dict[str, CertifySpec], dict[str, list[tuple[str, tuple[float, ...]]]]]:
+    """The certification specs by name, and per model the (name, epsilons) to certify.
+
+    Refused before anything runs: an unknown model, two specs of one name, a model the bounds
+    cannot describe (the layer is named), a spec with no epsilon to certify. ``specs``: the
+    attacks by name (their grids give the default epsilons). The CLI calls it before it opens
+    the run folder, so that a model that cannot be certified writes nothing."""
+    items = [] if certify is None else [certify] if isinstance(certify, CertifySpec) else list(certify)
+    out: dict[str, CertifySpec] = {}
+    for c in items:
+        if not isinstance(c, CertifySpec):
+            raise ConfigError(f"certify must hold CertifySpec objects, got {type(c).__name__}")
+        if c.name in out:
+            raise ConfigError(f"two certifications are named {c.name!r}: one per method and norm")
+        out[c.name] = c
+    unknown = sorted({m for c in out.values() for m in c.models or ()} - set(clfs))
+    if unknown:
+        raise UnknownNameError("model of a certification's models", unknown[0], list(clfs))
+    plan: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
+    for model, clf in clfs.items():
+        mine = [c for c in out.values() if c.applies_to(model)]
+        if not mine:
+            continue
+        from ..verification.layers import extract_layers
+
+        try:
+            extract_layers(clf, x[:1].to(clf.device))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"model {model!r} cannot be certified ({', '.join(c.name for c in mine)}): {exc}"
+            ) from None
+        for c in mine:
+            grid = c.epsilons
+            if grid is None:
+                attacked = [
+                    s for s in specs.values() if s.norm == c.norm and not s.targeted and s.applies_to(model)
+                ]
+                grid = tuple(sorted({e for s in attacked for e in s.grid}))
+            if not grid:
+                raise ConfigError(
+                    f"certification {c.name!r} of model {model!r}: no untargeted {c.norm} attack runs on it "
+                    "to take the epsilons from; give the CertifySpec epsilons"
+                )
+            plan.setdefault(model, []).append((c.name, tuple(grid)))
+    return out, plan
+
+
 class ExamplePicker:
     """Keeps, per model and attack, the first samples broken, at the smallest epsilon that broke them."""
 
@@ -184,6 +237,7 @@ def evaluate(
     store: Sink | None = None,
     engine: Engine | None = None,
     reuse_minimal_norms: bool = True,
+    certify: CertifySpec | Sequence[CertifySpec] | None = None,
 ) -> Evaluation:
     """Security evaluation curves of ``models`` on ``data`` under ``attacks``.
 
@@ -198,7 +252,11 @@ def evaluate(
     instead of recomputed and every new cell is committed as soon as it is done, so an
     interrupted evaluation resumes where it stopped. ``engine``: where cells run (default: this
     process). ``reuse_minimal_norms``: fixed-budget attacks first try the points of minimum-norm
-    attacks of the same norm (re-verified). Returns records, curves and attack-failure checks.
+    attacks of the same norm (re-verified). ``certify``: verification methods
+    (:class:`~evasion.evaluation.spec.CertifySpec`, e.g. ``CertifySpec("crown", "linf")``) run at
+    the attacks' epsilons; their per-sample proofs are stored per cell like the attacks' and
+    :meth:`Evaluation.sandwich` puts them beside the worst case. Returns records, curves and
+    attack-failure checks.
     """
     check.integer(batch_size, "batch_size", minimum=1)
     check.integer(seed, "seed")
@@ -221,8 +279,9 @@ def evaluate(
     if bad:
         raise ConfigError(f"the per-input mask of {bad[0]!r} must have one row per sample ({len(y)})")
     targets = {n: s.resolve_targets(y) for n, s in specs.items()}
-    ctx = Context(clfs, x, y, specs, targets, batch_size, seed, default_threads())
-    tasks = make_plan(list(clfs), list(specs.values()), len(y), batch_size, reuse_minimal_norms)
+    certs, cert_plan = certification_plan(certify, clfs, specs, x)
+    ctx = Context(clfs, x, y, specs, targets, batch_size, seed, default_threads(), certify=certs)
+    tasks = make_plan(list(clfs), list(specs.values()), len(y), batch_size, reuse_minimal_norms, cert_plan)
     infos = [s.info(y) for s in specs.values()]
     setup = Setup(
         data_name,
@@ -234,6 +293,7 @@ def evaluate(
         classes,
         [t.key for t in tasks],
         data_fingerprint(x, y),
+        [c.info() for c in certs.values()],
     )
     done: set[str] = set()
     if store is not None:
@@ -255,6 +315,7 @@ def evaluate(
         len(y),
         run.outputs,
         meta={"data": data_name, "seed": seed, "batch_size": batch_size, "classes": classes},
+        certifications=[c.info() for c in certs.values()],
     )
     return ev.with_examples(run.picker.examples(x, y, ev.clean_columns))
 
@@ -303,4 +364,6 @@ class _Run:
 
 
 def _group(cell: Cell) -> str:
+    if cell.kind == "certify":
+        return f"{cell.model} / certify {cell.attack}"
     return f"{cell.model} / {cell.attack or 'clean'}"

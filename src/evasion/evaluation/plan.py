@@ -4,7 +4,8 @@ Per model: the clean predictions of every batch first; then, per norm, the minim
 (one unbounded search per batch, then their budgets) so that the fixed-budget attacks of the same
 norm can skip samples those already broke; then the fixed-budget attacks, epsilons ascending,
 each epsilon depending on the previous one of the same attack and batch (broken stays broken,
-warm starts). Engines may run independent cells in any order; results do not depend on it.
+warm starts); last, the model's certification cells (one per method x epsilon x batch, each
+independent of every other cell). Engines may run independent cells in any order; results do not depend on it.
 :func:`run_in_order` runs them one after the other in this process (what ``evaluate()`` does
 without an engine; ``evasion.engines.LocalEngine`` is that loop as an engine object).
 """
@@ -31,12 +32,13 @@ from .compute import (
     cell_seed,
     initial_state,
     run_budget,
+    run_certify,
     run_clean,
     run_search,
     search_result,
 )
 from .records import Cell, CellOutput
-from .spec import AttackSpec
+from .spec import AttackSpec, CertifySpec
 
 __all__ = ["Context", "Emit", "Load", "Task", "execute", "make_plan", "replay", "run_in_order"]
 
@@ -79,13 +81,14 @@ class Context:
     seed: int
     threads: int = 0
     driver: int = field(default_factory=os.getpid)  # the process that made the context
+    certify: dict[str, CertifySpec] = field(default_factory=dict)  # certification specs by name
 
     def batch(self, cell: Cell) -> Batch:
         start = cell.batch * self.batch_size
         stop = min(start + self.batch_size, int(self.x.shape[0]))
         x, y = self.x[start:stop], self.y[start:stop]
         spec = self.specs.get(cell.attack)
-        if spec is None:  # the clean cell
+        if spec is None or cell.kind in ("clean", "certify"):
             return Batch(cell.batch, start, x, y)
         t = self.targets.get(cell.attack)
         mask = spec.mask
@@ -105,9 +108,17 @@ def _reusable(spec: AttackSpec) -> bool:
 
 
 def make_plan(
-    models: Sequence[str], specs: Sequence[AttackSpec], n: int, batch_size: int, reuse_minimal: bool = True
+    models: Sequence[str],
+    specs: Sequence[AttackSpec],
+    n: int,
+    batch_size: int,
+    reuse_minimal: bool = True,
+    certify: Mapping[str, Sequence[tuple[str, Sequence[float]]]] | None = None,
 ) -> list[Task]:
-    """All tasks of an evaluation, dependencies before dependents."""
+    """All tasks of an evaluation, dependencies before dependents.
+
+    ``certify``: per model, ``(certification name, epsilons)`` pairs; one independent task per
+    epsilon and batch, after the model's attacks."""
     batches = range(math.ceil(n / batch_size))
     tasks: list[Task] = []
     for model in models:
@@ -143,6 +154,8 @@ def make_plan(
                         tasks.append(Task(cell, state=previous[b], search=own, hints=hints, peers=peers))
                         previous[b] = cell.key
             tasks += _self_check_tasks(model, checks, group, batches)
+        for name, grid in (certify or {}).get(model, ()):
+            tasks += [Task(Cell("certify", model, name, float(e), b)) for e in grid for b in batches]
     return tasks
 
 
@@ -213,6 +226,8 @@ def execute(
     if cell.kind == "clean":
         out = run_clean(model, batch, cell)
         return out, out.without_points()
+    if cell.kind == "certify":  # nothing depends on a certification
+        return run_certify(model, ctx.certify[cell.attack], batch, cell), None
     spec = ctx.specs[cell.attack]
     chain = _state(state, batch)
     seed = cell_seed(ctx.seed, cell)
@@ -235,6 +250,8 @@ def replay(task: Task, ctx: Context, out: CellOutput, state: Product = None) -> 
     cell = task.cell
     if cell.kind == "clean":
         return out.without_points()
+    if cell.kind == "certify":
+        return None
     batch = ctx.batch(cell)
     if cell.kind == "search":
         return search_result(out, batch)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .plan import Context, Emit, Load, Task
 from .records import Cell, CellOutput
-from .spec import SpecInfo
+from .spec import CertifyInfo, SpecInfo
 
 __all__ = ["Emit", "Engine", "Load", "ProgressEvent", "ProgressKind", "Setup", "Sink"]
 
@@ -57,6 +57,7 @@ class Setup:
     classes: list[str] = field(default_factory=list)
     planned: list[str] = field(default_factory=list)  # keys of the cells this invocation needs
     data_fingerprint: str = ""
+    certify: list[CertifyInfo] = field(default_factory=list)  # certification methods (verification)
 
 
 class Sink(Protocol):

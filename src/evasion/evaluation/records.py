@@ -17,6 +17,8 @@ from torch import Tensor
 
 __all__ = [
     "ATTACK_COLUMNS",
+    "CERTIFY_COLUMNS",
+    "CERTIFY_STATUSES",
     "CLEAN_COLUMNS",
     "SOURCES",
     "Cell",
@@ -25,6 +27,7 @@ __all__ = [
     "CleanRecord",
     "Record",
     "Source",
+    "columns_of",
     "empty_columns",
 ]
 
@@ -34,9 +37,9 @@ Source = Literal["clean", "attack", "inherited", "min-norm", "projected", "searc
 #: the sources in the order of their stored integer codes
 SOURCES: tuple[Source, ...] = ("clean", "attack", "inherited", "min-norm", "projected", "search", "peer")
 
-#: what a cell computes: clean predictions, a minimum-norm attack without a budget, or an attack
-#: at one epsilon
-CellKind = Literal["clean", "search", "budget"]
+#: what a cell computes: clean predictions, a minimum-norm attack without a budget, an attack
+#: at one epsilon, or a certification (a proof of robustness per sample) at one epsilon
+CellKind = Literal["clean", "search", "budget", "certify"]
 
 #: per-sample columns of an attack cell and their numpy dtypes
 ATTACK_COLUMNS: dict[str, Any] = {
@@ -68,6 +71,27 @@ CLEAN_COLUMNS: dict[str, Any] = {
 }
 
 
+#: the MILP's per-sample verdicts, in the order of their stored codes (-1: no MILP, no status)
+CERTIFY_STATUSES: tuple[str, ...] = ("robust", "not-robust", "unknown")
+
+#: per-sample columns of a certification cell (``evasion.verification.certify`` on one batch)
+CERTIFY_COLUMNS: dict[str, Any] = {
+    "index": np.int64,
+    "label": np.int64,
+    "certified": np.bool_,  # clean prediction correct and margin_lower > 0: proved robust
+    "clean_correct": np.bool_,
+    "margin_lower": np.float64,  # lower bound of f_y - max_{k != y} f_k over the ball
+    "margin_upper": np.float64,  # milp: the margin at the best point found (nan: other methods)
+    "status": np.int8,  # milp: index into CERTIFY_STATUSES (-1: other methods)
+    "seconds": np.float64,  # milp: time spent on the sample (nan: other methods)
+}
+
+
+def columns_of(kind: str) -> dict[str, Any]:
+    """The per-sample columns of a cell of ``kind``."""
+    return CLEAN_COLUMNS if kind == "clean" else CERTIFY_COLUMNS if kind == "certify" else ATTACK_COLUMNS
+
+
 def empty_columns(spec: dict[str, Any], n: int) -> dict[str, np.ndarray]:
     """Zero-filled columns for ``n`` rows (NaN for the minimal norm)."""
     cols = {k: np.zeros(n, dtype=t) for k, t in spec.items()}
@@ -79,7 +103,8 @@ def empty_columns(spec: dict[str, Any], n: int) -> dict[str, np.ndarray]:
 @dataclass(frozen=True, order=True)
 class Cell:
     """One unit of work. ``kind``: ``"clean"``, ``"search"`` (a minimum-norm attack without a
-    budget, ``epsilon = inf``) or ``"budget"`` (an attack at one epsilon)."""
+    budget, ``epsilon = inf``), ``"budget"`` (an attack at one epsilon) or ``"certify"`` (a
+    verification method at one epsilon; ``attack`` is its name, e.g. ``"crown-linf"``)."""
 
     kind: CellKind
     model: str
@@ -95,7 +120,8 @@ class Cell:
         if self.kind == "clean":
             return f"{self.model}: clean, batch {self.batch}"
         eps = "unbounded" if math.isinf(self.epsilon) else f"eps {self.epsilon:g}"
-        return f"{self.model}: {self.attack} {eps}, batch {self.batch}"
+        what = f"certify {self.attack}" if self.kind == "certify" else self.attack
+        return f"{self.model}: {what} {eps}, batch {self.batch}"
 
 
 @dataclass

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,9 +21,21 @@ from torch import Tensor
 from ..errors import UnknownNameError
 from ..models.classifier import REJECT
 from .checks import Check, run_checks
-from .curves import SecurityCurve, clean_status, cumulative_status, implied_status, make_curve, worst_status
-from .records import SOURCES, CellOutput, CleanRecord, Record
-from .spec import SpecInfo
+from .curves import (
+    CORRECT,
+    SecurityCurve,
+    clean_status,
+    cumulative_status,
+    implied_status,
+    make_curve,
+    worst_status,
+)
+from .records import CERTIFY_STATUSES, SOURCES, CellOutput, CleanRecord, Record
+from .spec import CertifyInfo, SpecInfo
+
+if TYPE_CHECKING:
+    from ..verification.certificate import Certificate
+    from ..verification.sandwich import SandwichRow
 
 __all__ = ["Evaluation", "Example"]
 
@@ -59,6 +71,9 @@ class Evaluation:
 
     ``samples`` is the number of evaluated inputs; a (model, attack, epsilon) group counts in
     curves only when all of its samples are present (``incomplete`` lists the others).
+    ``certificate_columns``: per (model, certification name) and epsilon, what a verification
+    method proved per sample (:data:`~.records.CERTIFY_COLUMNS`); ``certifications`` describes
+    each name (method, norm, options). :meth:`sandwich` puts them beside the worst case.
     """
 
     models: list[str]
@@ -69,6 +84,8 @@ class Evaluation:
     examples: list[Example] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     incomplete: list[tuple[str, str, float]] = field(default_factory=list)
+    certificate_columns: dict[tuple[str, str], dict[float, Columns]] = field(default_factory=dict)
+    certifications: dict[str, CertifyInfo] = field(default_factory=dict)
 
     @classmethod
     def from_outputs(
@@ -79,6 +96,7 @@ class Evaluation:
         outputs: Iterable[CellOutput],
         examples: Sequence[Example] = (),
         meta: dict[str, Any] | None = None,
+        certifications: Iterable[CertifyInfo] = (),
     ) -> Evaluation:
         """Group cell outputs by (model, attack, epsilon) and keep the complete groups."""
         groups: dict[tuple[str, str, str, float], list[CellOutput]] = defaultdict(list)
@@ -87,14 +105,19 @@ class Evaluation:
             groups[(c.kind, c.model, c.attack, c.epsilon)].append(out)
         clean: dict[str, Columns] = {}
         attacked: dict[tuple[str, str], dict[float, Columns]] = defaultdict(dict)
+        certified: dict[tuple[str, str], dict[float, Columns]] = defaultdict(dict)
         incomplete = []
         for (kind, model, attack, eps), outs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
             cols = _merge(outs)
             if len(cols["index"]) != samples:
-                incomplete.append((model, attack or "clean", eps))
+                incomplete.append(
+                    (model, f"certify {attack}" if kind == "certify" else attack or "clean", eps)
+                )
                 continue
             if kind == "clean":
                 clean[model] = cols
+            elif kind == "certify":
+                certified[(model, attack)][eps] = cols
             else:
                 attacked[(model, attack)][eps] = cols
         spec_map = {s.name: s for s in specs}
@@ -107,6 +130,8 @@ class Evaluation:
             list(examples),
             dict(meta or {}),
             incomplete,
+            dict(certified),
+            {c.name: c for c in certifications},
         )
 
     def with_examples(self, examples: Iterable[Example]) -> Evaluation:
@@ -195,6 +220,120 @@ class Evaluation:
         steps = implied_status(clean_status(cols["prediction"], cols["label"]), minimal.numpy(), grid)
         return make_curve(model, f"{attack} (minimal norms)", spec.norm, steps, (attack,))
 
+    # -- worst case per sample, certificates, the sandwich ----------------------------------------
+    def worst_case_status(self, model: str, norm: str) -> dict[float, np.ndarray]:
+        """Per epsilon of the worst case (0 = clean), the status of every sample (in index order)
+        under every untargeted attack of ``norm``: :data:`~.curves.CORRECT`, ``REJECTED`` or
+        ``MISCLASSIFIED`` (broken by some attack at that epsilon or a smaller one)."""
+        names = [
+            s.name for s in self.specs.values() if s.norm == norm and not s.targeted and s.applies_to(model)
+        ]
+        if not names:
+            raise UnknownNameError(f"{norm} attack", norm, sorted({s.norm for s in self.specs.values()}))
+        return dict(worst_status([self._steps(self._model(model), a) for a in names]))
+
+    def unbroken(self, model: str, norm: str) -> dict[float, np.ndarray]:
+        """Per epsilon, which samples survived every untargeted attack of ``norm`` (classified
+        correctly, not rejected, and no attack broke them at that epsilon or a smaller one)."""
+        return {e: status == CORRECT for e, status in self.worst_case_status(model, norm).items()}
+
+    def certification_names(self, model: str, norm: str | None = None) -> list[str]:
+        """The certifications stored for ``model`` (of ``norm`` when given)."""
+        return [
+            name
+            for (m, name) in self.certificate_columns
+            if m == model and (norm is None or self._certification(name).norm == norm)
+        ]
+
+    def certified_norms(self, model: str) -> list[str]:
+        """The norms ``model`` was certified in (sorted)."""
+        return sorted({self._certification(n).norm for n in self.certification_names(model)})
+
+    def _certification(self, name: str) -> CertifyInfo:
+        info = self.certifications.get(name)
+        if info is None:  # a store written without its description: the name says method-norm
+            method, _, norm = name.partition("-")
+            info = CertifyInfo(name, method, norm)
+        return info
+
+    def certificates(self, model: str, norm: str | None = None) -> list[Certificate]:
+        """The stored certificates of ``model`` (one per certification and epsilon), rebuilt as
+        :class:`evasion.verification.Certificate` objects (counterexamples are not loaded)."""
+        from ..threat_model import ThreatModel
+        from ..verification.certificate import Certificate
+
+        out = []
+        for name in self.certification_names(self._model(model), norm):
+            info = self._certification(name)
+            for eps, c in sorted(self.certificate_columns[(model, name)].items()):
+                milp = info.method == "milp"
+                out.append(
+                    Certificate(
+                        info.method,
+                        ThreatModel(info.norm, eps),
+                        torch.from_numpy(c["certified"].copy()),
+                        torch.from_numpy(c["margin_lower"].copy()),
+                        torch.from_numpy(c["clean_correct"].copy()),
+                        float(np.nansum(c["seconds"])) if milp else 0.0,
+                        tuple(CERTIFY_STATUSES[int(s)] for s in c["status"]) if milp else None,
+                        None,
+                        torch.from_numpy(c["margin_upper"].copy()) if milp else None,
+                        torch.from_numpy(c["seconds"].copy()) if milp else None,
+                    )
+                )
+        return out
+
+    def sandwich(self, model: str, norm: str) -> list[SandwichRow]:
+        """Certified (proof) <= exact (MILP) <= attacked accuracy per certified epsilon of ``norm``,
+        the samples between the bounds (``unknown``) and those certified yet broken
+        (``contradictions``: a bug). The attacked side at epsilon is the worst case at the largest
+        attacked epsilon <= epsilon (a sample broken at a smaller budget is broken at a larger one).
+        Empty when nothing of ``norm`` was certified on ``model``."""
+        from ..verification.sandwich import sandwich
+
+        certs = self.certificates(model, norm)
+        if not certs or not self._has_untargeted(model, norm):
+            return []
+        alive = sorted(self.unbroken(model, norm).items())
+        unbroken = {}
+        for eps in sorted({c.threat.epsilon for c in certs}):
+            below = [a for e, a in alive if e <= eps + 1e-12]
+            unbroken[eps] = torch.from_numpy(below[-1].copy())
+        return sandwich(certs, unbroken)
+
+    def missed_by_attacks(self, model: str, norm: str) -> dict[float, list[int]]:
+        """Per epsilon where a MILP ran: the samples it showed breakable (a counterexample,
+        re-checked by a fresh prediction) that every attack left unbroken, i.e. the attacks' misses."""
+        if not self._has_untargeted(model, norm):
+            return {}
+        alive = sorted(self.unbroken(model, norm).items())
+        broken = CERTIFY_STATUSES.index("not-robust")
+        out: dict[float, list[int]] = {}
+        for name in self.certification_names(self._model(model), norm):
+            for eps, c in sorted(self.certificate_columns[(model, name)].items()):
+                if self._certification(name).method != "milp":
+                    continue
+                below = [a for e, a in alive if e <= eps + 1e-12][-1]
+                out[float(eps)] = [int(i) for i in c["index"][(c["status"] == broken) & below]]
+        return out
+
+    def contradictions(self) -> list[tuple[str, str, float, list[int]]]:
+        """(model, certification, epsilon, sample indices) of samples certified yet broken by an attack:
+        a bound or an attack's budget check is wrong. Empty in a sound evaluation."""
+        out = []
+        for model in self.models:
+            for norm in self.certified_norms(model):
+                if not self._has_untargeted(model, norm):
+                    continue
+                alive = sorted(self.unbroken(model, norm).items())
+                for name in self.certification_names(model, norm):
+                    for eps, c in sorted(self.certificate_columns[(model, name)].items()):
+                        below = [a for e, a in alive if e <= eps + 1e-12]
+                        bad = c["certified"] & ~below[-1]
+                        if bad.any():
+                            out.append((model, name, float(eps), [int(i) for i in c["index"][bad]]))
+        return out
+
     # -- records, queries, checks ------------------------------------------------------------------
     @property
     def records(self) -> list[Record]:
@@ -263,7 +402,16 @@ class Evaluation:
                 for a in self.attacks_of(m)
             },
             "incomplete": [list(i) for i in self.incomplete],
+            **({"sandwich": self._sandwich_dict()} if self.certificate_columns else {}),
         }
+
+    def _sandwich_dict(self) -> list[dict[str, Any]]:
+        out = []
+        for model in self.models:
+            for norm in self.certified_norms(model):
+                for row in self.sandwich(model, norm):
+                    out.append({"model": model, "norm": norm, **asdict(row)})
+        return out
 
 
 def _as_attack_columns(clean: Columns, targeted: bool) -> Columns:

@@ -15,7 +15,7 @@ from ..attacks.base import Attack, Stepped
 from ..errors import ConfigError
 from ..threat_model import ThreatModel
 
-__all__ = ["AttackSpec", "SpecInfo", "check_epsilons", "is_black_box"]
+__all__ = ["AttackSpec", "CertifyInfo", "CertifySpec", "SpecInfo", "check_epsilons", "is_black_box"]
 
 Targets = Tensor | Callable[[Tensor], Tensor]
 #: ``"attack"``: an attack the user (or the default suite) chose; ``"self-check"``: the re-attack
@@ -276,4 +276,122 @@ class SpecInfo:
                 "models": tuple(d.get("models", ())),
                 "after": tuple(d.get("after", ())),
             }
+        )
+
+
+@dataclass(frozen=True)
+class CertifySpec:
+    """A verification method (:func:`evasion.verification.certify`) run beside the attacks.
+
+    It proves, per sample, that no adversarial example exists in the ball (a lower bound on the
+    robust accuracy, where the attacks give the upper bound); ``evaluate`` stores one cell per
+    model x epsilon x batch and the report draws the band between the bounds ("unknown").
+
+    Args:
+        method: ``"ibp"``, ``"crown"`` or ``"milp"`` (exact; small ReLU networks, L∞ only).
+        norm: the threat model's norm (``"linf"``, ``"l2"``).
+        epsilons: the budgets to certify (``None``: every epsilon of the model's untargeted
+            attacks of this norm, so that each certified number has an attacked one beside it).
+        models: names of the models to certify (``None``: every model of the evaluation).
+        time_limit: MILP seconds per sample (a timeout is "unknown", never "robust").
+        alpha_steps: optimised CROWN slopes (alpha-CROWN; 0: CROWN's adaptive slopes).
+        falsify: APGD steps the MILP tries before solving (0: none).
+    """
+
+    method: str
+    norm: str
+    epsilons: Sequence[float] | None = None
+    models: Sequence[str] | None = None
+    time_limit: float = 30.0
+    alpha_steps: int = 0
+    falsify: int = 50
+
+    def __post_init__(self) -> None:
+        from ..verification.certificate import METHOD_NORMS, METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown verification method {self.method!r}; choose from {', '.join(METHODS)}"
+            )
+        norm = ThreatModel(self.norm, 0.0).norm
+        if norm not in METHOD_NORMS[self.method]:
+            raise ConfigError(
+                f"verification method {self.method!r} cannot certify the {norm} norm; "
+                f"it certifies {', '.join(METHOD_NORMS[self.method])}"
+            )
+        object.__setattr__(self, "norm", norm)
+        if self.epsilons is not None:
+            grid = tuple(e for e in check_epsilons(self.epsilons, f"epsilons of {self.name!r}") if e > 0)
+            if not grid:
+                raise ConfigError(f"certification {self.name!r} has no positive epsilon")
+            object.__setattr__(self, "epsilons", grid)
+        if self.models is not None:
+            if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
+                raise ConfigError(
+                    f"models of {self.name!r} must be a list of model names, got {self.models!r}"
+                )
+            object.__setattr__(self, "models", tuple(self.models))
+        if isinstance(self.time_limit, bool) or not isinstance(self.time_limit, (int, float)):
+            raise ConfigError(
+                f"time_limit of {self.name!r} must be a number of seconds, got {self.time_limit!r}"
+            )
+        if not self.time_limit > 0:
+            raise ConfigError(f"time_limit of {self.name!r} must be > 0, got {self.time_limit!r}")
+        object.__setattr__(self, "time_limit", float(self.time_limit))
+        check.integer(self.alpha_steps, "alpha_steps", minimum=0)
+        check.integer(self.falsify, "falsify", minimum=0)
+
+    @property
+    def name(self) -> str:
+        """``"<method>-<norm>"``, e.g. ``"crown-linf"`` (the name its cells are stored under)."""
+        return f"{self.method}-{self.norm}"
+
+    def applies_to(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``certify`` that change this method's results."""
+        if self.method == "milp":
+            return {"time_limit": self.time_limit, "falsify": self.falsify}
+        if self.method == "crown":
+            return {"alpha_steps": self.alpha_steps}
+        return {}
+
+    def fingerprint(self) -> str:
+        """A digest of everything that changes the certificates (not the epsilons)."""
+        return hashlib.sha256(
+            repr((self.method, self.norm, sorted(self.options().items()))).encode()
+        ).hexdigest()[:16]
+
+    def info(self) -> CertifyInfo:
+        return CertifyInfo(self.name, self.method, self.norm, self.fingerprint(), self.options())
+
+
+@dataclass(frozen=True)
+class CertifyInfo:
+    """What an evaluation records about a certification: enough to read its cells back."""
+
+    name: str
+    method: str
+    norm: str
+    fingerprint: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "norm": self.norm,
+            "fingerprint": self.fingerprint,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CertifyInfo:
+        return cls(
+            str(d["name"]),
+            str(d["method"]),
+            str(d["norm"]),
+            str(d.get("fingerprint", "")),
+            dict(d.get("options", {})),
         )

@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ from ..evaluation import CHECKS, SOURCES, Evaluation, Example, SecurityCurve
 from .html import GridCell, Page
 from .plots import figure, to_svg
 
-__all__ = ["MASKING", "black_box_queries", "build_report", "masking_flags", "write_report"]
+if TYPE_CHECKING:
+    from ..verification.sandwich import SandwichRow
+
+__all__ = ["MASKING", "black_box_queries", "build_report", "masking_flags", "sandwich_rows", "write_report"]
 
 _DOCS = "docs/attack-failure-checks.md"
 
@@ -42,8 +45,16 @@ def _eps(e: float) -> str:
 
 
 # -- plots -----------------------------------------------------------------------------------------
-def curve_figure(curves: Sequence[SecurityCurve], worst: SecurityCurve | None, title: str) -> str:
-    """Accuracy vs. epsilon per attack, the worst case in black, rejected fractions as bands."""
+def curve_figure(
+    curves: Sequence[SecurityCurve],
+    worst: SecurityCurve | None,
+    title: str,
+    bounds: Sequence[SandwichRow] = (),
+) -> str:
+    """Accuracy vs. epsilon per attack, the worst case in black, rejected fractions as bands.
+
+    ``bounds`` (certifications): the certified lower bound in green, the exact robust accuracy
+    (MILP) dotted, and the band between the certified and the attacked accuracy hatched "unknown"."""
     fig, ax = figure(6.0, 3.8)
     for c in curves:
         (line,) = ax.plot(c.epsilons, c.accuracy, marker="o", markersize=3, linewidth=1.4, label=c.attack)
@@ -58,6 +69,36 @@ def curve_figure(curves: Sequence[SecurityCurve], worst: SecurityCurve | None, t
             top = [a + r for a, r in zip(worst.accuracy, worst.rejected)]
             ax.fill_between(
                 worst.epsilons, worst.accuracy, top, color="grey", alpha=0.25, label="+ rejected (worst case)"
+            )
+    if bounds:
+        clean = worst.accuracy[0] if worst is not None else curves[0].accuracy[0] if curves else 1.0
+        eps = [0.0, *(r.epsilon for r in bounds)]
+        lower = [clean, *(r.certified for r in bounds)]
+        upper = [clean, *(r.attacked for r in bounds)]
+        ax.plot(
+            eps, lower, color="tab:green", linewidth=2.2, marker="s", markersize=3, label="certified (proof)"
+        )
+        ax.fill_between(
+            eps,
+            lower,
+            upper,
+            facecolor="none",
+            edgecolor="tab:orange",
+            hatch="///",
+            linewidth=0,
+            label="unknown",
+        )
+        exact = [(r.epsilon, r.exact) for r in bounds if r.exact is not None]
+        if exact:
+            ax.plot(
+                [0.0, *(e for e, _ in exact)],
+                [clean, *(v for _, v in exact)],
+                color="tab:purple",
+                linestyle=":",
+                linewidth=2.0,
+                marker="x",
+                markersize=4,
+                label="exact (MILP)",
             )
     ax.set_xlabel(f"maximum perturbation epsilon ({curves[0].norm if curves else ''})")
     ax.set_ylabel("accuracy")
@@ -146,15 +187,25 @@ def _model_section(page: Page, ev: Evaluation, model: str) -> None:
             continue
         curves = [ev.curve(model, s.name) for s in specs]
         worst = ev.worst_case(model, norm) if any(not s.targeted for s in specs) else None
+        bounds = ev.sandwich(model, norm) if norm in ev.certified_norms(model) else []
         page.heading(f"Security evaluation curve, {norm}")
         page.svg(
-            curve_figure(curves, worst, f"{model}, {norm}"),
+            curve_figure(curves, worst, f"{model}, {norm}", bounds),
             caption=(
                 "Accuracy under each attack vs. the maximum perturbation; dashed black: worst case per sample "
                 "over all attacks of this norm; grey band: inputs rejected in the worst case (a rejected adversarial "
                 "input counts as defended, a rejected clean input as an error)."
+                + (
+                    " Green: certified accuracy, a proof per sample (lower bound of the true robust accuracy); "
+                    'hatched "unknown": between the proof and the worst-case attack (upper bound), where '
+                    "neither a proof nor an attack settled the sample; dotted: exact robust accuracy (MILP)."
+                    if bounds
+                    else ""
+                )
             ),
         )
+        if bounds:
+            _sandwich_table(page, model, norm, bounds, ev.missed_by_attacks(model, norm))
         grid = sorted({e for c in curves for e in c.epsilons})
         table = [*curves, *([worst] if worst is not None else [])]
         if any(r > 0 for c in table for r in c.rejected):
@@ -196,6 +247,76 @@ def _model_section(page: Page, ev: Evaluation, model: str) -> None:
                 svg,
                 caption="Smallest adversarial perturbation per correctly classified sample found by the "
                 "minimum-norm attacks (left), and the robust accuracy it implies (right).",
+            )
+
+
+def sandwich_rows(
+    bounds: Sequence[SandwichRow], missed: dict[float, list[int]] | None = None
+) -> tuple[list[str], list[list[object]]]:
+    """Header and rows of the sandwich table: certified per method and by any, exact (MILP),
+    attacked, the unknown band, certified-yet-broken samples; with a MILP, the samples it showed
+    breakable that the attacks missed (``missed``: their indices per epsilon)."""
+    order = ("ibp", "crown", "milp")
+    methods = sorted(
+        {m for r in bounds for m in r.by_method}, key=lambda m: (order.index(m) if m in order else 9, m)
+    )
+    milp = any(r.exact is not None for r in bounds)
+    missed = missed or {}
+    header = [
+        "epsilon",
+        *[f"certified ({m})" for m in methods if m != "milp"],
+        "certified (any)",
+        *(["exact (MILP)", "MILP timed out"] if milp else []),
+        "attacked (worst case)",
+        *(["breakable, missed by the attacks"] if milp else []),
+        "unknown (samples)",
+        "certified yet broken",
+    ]
+    rows: list[list[object]] = []
+    for r in bounds:
+        cells: list[object] = [f"{r.epsilon:g}"]
+        cells += [f"{r.by_method[m]:.3f}" if m in r.by_method else "-" for m in methods if m != "milp"]
+        cells.append(f"{r.certified:.3f}")
+        if milp:
+            cells += ["-", "-"] if r.exact is None else [f"{r.exact:.3f}", f"{r.exact_unknown or 0.0:.3f}"]
+        cells.append(f"{r.attacked:.3f}")
+        if milp:
+            found = missed.get(r.epsilon)
+            cells.append("-" if found is None else _samples(found))
+        cells += [f"{r.unknown} of {r.samples}", r.contradictions]
+        rows.append(cells)
+    return header, rows
+
+
+def _samples(indices: Sequence[int], show: int = 8) -> str:
+    """``"2: #5, #9"``: a count and the first sample indices."""
+    if not indices:
+        return "0"
+    more = ", ..." if len(indices) > show else ""
+    return f"{len(indices)}: " + ", ".join(f"#{i}" for i in indices[:show]) + more
+
+
+def _sandwich_table(
+    page: Page, model: str, norm: str, bounds: Sequence[SandwichRow], missed: dict[float, list[int]]
+) -> None:
+    page.heading(f"Certified vs. attacked, {norm}")
+    page.paragraph(
+        "certified (proof) <= exact robust accuracy <= attacked (the strongest attack). Fractions of all "
+        'samples; "unknown": samples no attack broke and no proof covers (the band in the plot); the MILP '
+        'is exact where it did not time out (a timeout is never counted as robust); "breakable, missed by the '
+        'attacks": samples the MILP broke with a counterexample (re-checked by a fresh prediction) that no '
+        "attack broke, so the attacked accuracy overstates robustness by them.",
+        css="note",
+    )
+    header, rows = sandwich_rows(bounds, missed)
+    page.table(header, rows)
+    for r in bounds:
+        if r.contradictions:
+            page.flag(
+                f"ERROR: {model}, {norm} eps {r.epsilon:g}: {r.contradictions} sample(s) certified yet broken by "
+                "an attack. A proof and an attack contradict each other: a bug in a bound or in an attack's "
+                "budget check; neither number can be trusted.",
+                level="bad",
             )
 
 
@@ -462,6 +583,12 @@ def build_report(ev: Evaluation, title: str | None = None) -> Page:
                 "numbers are not to be trusted (see Checks).",
                 level="bad",
             )
+    for model, name, eps, indices in ev.contradictions():
+        page.flag(
+            f"ERROR: {model}: {len(indices)} sample(s) certified by {name} at eps {eps:g} yet broken by an "
+            f"attack (samples {', '.join(map(str, indices[:10]))}): a bug in a bound or an attack.",
+            level="bad",
+        )
     if ev.incomplete:
         page.flag(
             f"{len(ev.incomplete)} (model, attack, epsilon) groups are incomplete (interrupted run?) and "

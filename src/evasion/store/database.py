@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from ..evaluation.records import ATTACK_COLUMNS, CLEAN_COLUMNS
+from ..evaluation.records import ATTACK_COLUMNS, CERTIFY_COLUMNS, CLEAN_COLUMNS
 
 __all__ = ["FORMAT_VERSION", "connect", "insert_columns", "records_digest", "select_columns"]
 
@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 #: SQL column names (``index`` is a keyword)
 ATTACK_SQL = ["idx" if c == "index" else c for c in ATTACK_COLUMNS]
 CLEAN_SQL = ["idx" if c == "index" else c for c in CLEAN_COLUMNS]
+CERTIFY_SQL = ["idx" if c == "index" else c for c in CERTIFY_COLUMNS]
 
 _TYPES = {np.int64: "INTEGER", np.int8: "INTEGER", np.bool_: "INTEGER", np.float64: "REAL"}
 
@@ -54,6 +55,9 @@ CREATE TABLE IF NOT EXISTS clean (model TEXT NOT NULL,
     {", ".join(f"{c} {_TYPES[t]}" for c, t in zip(CLEAN_SQL, CLEAN_COLUMNS.values()))},
     PRIMARY KEY (model, idx));
 CREATE TABLE IF NOT EXISTS checksums (key TEXT PRIMARY KEY, records TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS certificates (model TEXT NOT NULL, attack TEXT NOT NULL, epsilon REAL NOT NULL,
+    {", ".join(f"{c} {_TYPES[t]}" for c, t in zip(CERTIFY_SQL, CERTIFY_COLUMNS.values()))},
+    PRIMARY KEY (model, attack, epsilon, idx));
 """
 
 #: columns added to ``sessions`` after format 1 was released (added on open, NULL in old rows):
@@ -134,7 +138,11 @@ def insert_columns(
 ) -> None:
     """Insert one row per sample: ``prefix`` values followed by the columns."""
     names = list(columns)
-    head = {"records": ["model", "attack", "epsilon"], "clean": ["model"]}[table]
+    head = {
+        "records": ["model", "attack", "epsilon"],
+        "certificates": ["model", "attack", "epsilon"],
+        "clean": ["model"],
+    }[table]
     marks = ", ".join("?" * (len(head) + len(names)))
     n = len(columns[names[0]])
     rows = [tuple(prefix) + tuple(_py(columns[k][i]) for k in names) for i in range(n)]

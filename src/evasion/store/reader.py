@@ -25,10 +25,10 @@ from torch import Tensor
 
 from ..errors import StoreError
 from ..evaluation.engine import ExamplePicker
-from ..evaluation.records import ATTACK_COLUMNS, CLEAN_COLUMNS, Cell, CellOutput
+from ..evaluation.records import ATTACK_COLUMNS, CERTIFY_COLUMNS, CLEAN_COLUMNS, Cell, CellOutput, columns_of
 from ..evaluation.result import Evaluation
-from ..evaluation.spec import SpecInfo
-from .database import ATTACK_SQL, CHECKSUMS_SINCE, CLEAN_SQL, records_digest, select_columns
+from ..evaluation.spec import CertifyInfo, SpecInfo
+from .database import ATTACK_SQL, CERTIFY_SQL, CHECKSUMS_SINCE, CLEAN_SQL, records_digest, select_columns
 from .shards import read_shard
 
 __all__ = ["EXAMPLE_POOL", "Integrity", "RecordsModified", "RunReader", "StoredCell", "session_status"]
@@ -158,6 +158,16 @@ class RunReader:
     def models(self) -> list[str]:
         return [n for (n,) in self.db.execute("SELECT name FROM models ORDER BY rowid")]
 
+    def certifications(self) -> dict[str, CertifyInfo]:
+        """The certification methods recorded by name (method, norm, options, fingerprint)."""
+        raw = self.meta().get("certify")
+        if not raw:
+            return {}
+        try:
+            return {n: CertifyInfo.from_dict(d) for n, d in json.loads(raw).items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"the certifications recorded in {self.path} are unreadable ({exc})") from None
+
     def sessions(self, current: int | None = None) -> list[dict[str, Any]]:
         """Every session: its information, ``started``/``finished`` times, ``computed`` and ``reused``
         cell counts (None if not recorded) and ``status`` (see :func:`session_status`; ``current``:
@@ -240,6 +250,15 @@ class RunReader:
                 CLEAN_COLUMNS,
                 CLEAN_SQL,
             )
+        if cell.kind == "certify":
+            return select_columns(
+                self.db,
+                "certificates",
+                "model=? AND attack=? AND epsilon=? AND idx BETWEEN ? AND ?",
+                (cell.model, cell.attack, cell.epsilon, first, last),
+                CERTIFY_COLUMNS,
+                CERTIFY_SQL,
+            )
         return select_columns(
             self.db,
             "records",
@@ -254,6 +273,8 @@ class RunReader:
         """A cell named by model, attack, norm and epsilon (and batch), for messages."""
         if cell.kind == "clean":
             return f"model {cell.model}, clean predictions, batch {cell.batch}"
+        if cell.kind == "certify":
+            return f"model {cell.model}, certification {cell.attack}, epsilon {cell.epsilon:g}, batch {cell.batch}"
         norms = {s.name: s.norm for s in self.specs()}
         eps = "unbounded" if math.isinf(cell.epsilon) else f"{cell.epsilon:g}"
         return (
@@ -273,8 +294,7 @@ class RunReader:
                     "its checksum is missing (removed, or the cell was added by hand)",
                 )
             return False
-        spec = CLEAN_COLUMNS if stored.cell.kind == "clean" else ATTACK_COLUMNS
-        if records_digest(stored.entry(), spec, cols) != stored.records_sha256:
+        if records_digest(stored.entry(), columns_of(stored.cell.kind), cols) != stored.records_sha256:
             raise RecordsModified(
                 stored,
                 self.describe(stored.cell),
@@ -355,7 +375,14 @@ class RunReader:
             raise StoreError(modified_message(self.path, integrity.modified))
         report_meta = self._meta_for_report(meta, session)
         report_meta["integrity"] = integrity.to_dict()
-        ev = Evaluation.from_outputs(self.models(), self.specs(), samples, outputs, meta=report_meta)
+        ev = Evaluation.from_outputs(
+            self.models(),
+            self.specs(),
+            samples,
+            outputs,
+            meta=report_meta,
+            certifications=self.certifications().values(),
+        )
         inputs = self.inputs() if examples else None
         if inputs is not None:
             x, y = inputs

@@ -25,8 +25,16 @@ from torch import Tensor
 from .._cache import atomic_write_bytes, atomic_write_text
 from ..errors import StoreError
 from ..evaluation.engine import Setup
-from ..evaluation.records import ATTACK_COLUMNS, CLEAN_COLUMNS, Cell, CellOutput
-from .database import ATTACK_SQL, CHECKSUMS_SINCE, CLEAN_SQL, insert_columns, records_digest, transaction
+from ..evaluation.records import Cell, CellOutput, columns_of
+from .database import (
+    ATTACK_SQL,
+    CERTIFY_SQL,
+    CHECKSUMS_SINCE,
+    CLEAN_SQL,
+    insert_columns,
+    records_digest,
+    transaction,
+)
 from .reader import EXAMPLE_POOL, RunReader
 from .shards import encode, shard_name, write_shard
 
@@ -75,6 +83,7 @@ class RunWriter:
         self._check_meta(wanted)
         self._check_models(setup)
         specs = self._check_specs(setup)
+        self._check_certifications(setup)
         self._record_setup(setup, wanted, specs)
         if self.config_text is not None:
             self.save_config(self.config_text)
@@ -120,8 +129,7 @@ class RunWriter:
             sha,
             float(output.seconds),
         )
-        spec = CLEAN_COLUMNS if cell.kind == "clean" else ATTACK_COLUMNS
-        digest = records_digest(entry, spec, output.columns)
+        digest = records_digest(entry, columns_of(cell.kind), output.columns)
         with transaction(self.db, f"committing {cell.describe()}"):
             self.db.execute(
                 "INSERT INTO cells (key, kind, model, attack, epsilon, batch, first, rows, shard, sha256, "
@@ -136,6 +144,14 @@ class RunWriter:
                 )
             if cell.kind == "clean":
                 insert_columns(self.db, "clean", (cell.model,), CLEAN_SQL, output.columns)
+            elif cell.kind == "certify":
+                insert_columns(
+                    self.db,
+                    "certificates",
+                    (cell.model, cell.attack, cell.epsilon),
+                    CERTIFY_SQL,
+                    output.columns,
+                )
             else:
                 insert_columns(
                     self.db, "records", (cell.model, cell.attack, cell.epsilon), ATTACK_SQL, output.columns
@@ -183,11 +199,28 @@ class RunWriter:
                 )
         return specs
 
+    def _check_certifications(self, setup: Setup) -> None:
+        """Drop the cells of a certification configured differently from the stored one (same
+        name, other options, e.g. a longer MILP time limit): certificates are recomputed, never
+        mixed, and the attacks' cells are kept."""
+        stored = self.reader.certifications()
+        stale = [
+            c.name for c in setup.certify if c.name in stored and stored[c.name].fingerprint != c.fingerprint
+        ]
+        if stale:
+            self.forget(
+                [c.cell for c in self.reader.cells() if c.cell.kind == "certify" and c.cell.attack in stale]
+            )
+
     def _record_setup(self, setup: Setup, wanted: dict[str, str], specs: _StoredSpecs) -> None:
         with transaction(self.db, "recording the run set-up"):
             for key, value in {**wanted, "classes": json.dumps(setup.classes)}.items():
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('planned', ?)", (json.dumps(setup.planned),))
+            if setup.certify:
+                known = {n: c.to_dict() for n, c in self.reader.certifications().items()}
+                known.update({c.name: c.to_dict() for c in setup.certify})
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('certify', ?)", (json.dumps(known),))
             for name, fp in setup.models.items():
                 self.db.execute("INSERT OR IGNORE INTO models VALUES (?, ?)", (name, fp))
             position = len(specs)
@@ -222,7 +255,9 @@ class RunWriter:
 
     def _drop_attacks(self, names: list[str]) -> None:
         """Forget every cell of these attacks and their spec entries (derived results to recompute)."""
-        self.forget([c.cell for c in self.reader.cells() if c.cell.attack in names])
+        self.forget(
+            [c.cell for c in self.reader.cells() if c.cell.kind != "certify" and c.cell.attack in names]
+        )
         with transaction(self.db, "dropping a stale self-check"):
             for name in names:
                 self.db.execute("DELETE FROM specs WHERE name=?", (name,))
@@ -242,6 +277,11 @@ class RunWriter:
                     self.db.execute(
                         "DELETE FROM clean WHERE model=? AND idx BETWEEN ? AND ?",
                         (cell.model, *self._range(cell)),
+                    )
+                elif cell.kind == "certify":
+                    self.db.execute(
+                        "DELETE FROM certificates WHERE model=? AND attack=? AND epsilon=? AND idx BETWEEN ? AND ?",
+                        (cell.model, cell.attack, cell.epsilon, *self._range(cell)),
                     )
                 else:
                     self.db.execute(

@@ -25,10 +25,12 @@ from ..threat_model import ThreatModel
 from .crown import BUDGET, Domain, LinearBounds, backward_bound, relu_bounds
 from .layers import Layer, extract_layers
 
-__all__ = ["METHODS", "Certificate", "certify", "class_margins", "domain_for"]
+__all__ = ["METHODS", "METHOD_NORMS", "Certificate", "certify", "class_margins", "domain_for"]
 
 METHODS: tuple[str, ...] = ("ibp", "crown", "milp")
-_NORMS = {"ibp": ("linf", "l2"), "crown": ("linf", "l2"), "milp": ("linf",)}
+#: the norms each method can certify
+METHOD_NORMS: dict[str, tuple[str, ...]] = {"ibp": ("linf", "l2"), "crown": ("linf", "l2"), "milp": ("linf",)}
+_NORMS = METHOD_NORMS
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Certificate:
     @property
     def certified_accuracy(self) -> float:
         """Fraction of samples proved robust (a lower bound on the true robust accuracy)."""
-        return float(self.certified.float().mean())
+        return float(self.certified.double().mean())
 
     def __len__(self) -> int:
         return int(self.certified.shape[0])

@@ -65,11 +65,11 @@ def sandwich(certificates: Sequence[Certificate], unbroken: Mapping[float, Tenso
             SandwichRow(
                 epsilon=float(eps),
                 samples=n,
-                certified=float(proved.float().mean()),
+                certified=float(proved.double().mean()),
                 by_method={c.method: c.certified_accuracy for c in mine},
                 exact=exact,
                 exact_unknown=unknown_exact,
-                attacked=float(alive.float().mean()),
+                attacked=float(alive.double().mean()),
                 unknown=int((alive & ~proved).sum()),
                 contradictions=int((proved & ~alive).sum()),
             )
