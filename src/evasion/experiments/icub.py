@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .. import datasets
 from ..attacks.max_confidence import MaxConfidence, minimum_budget, sticker_mask
 from ..datasets.icub_sim import split_indices
+from ..datasets.icubworld28 import ReleaseSource, day_split, fig5_rows, set_names
 from ..defenses.reject import ThresholdReject, calibrate_threshold
 from ..evaluation import AttackSpec, Evaluation, evaluate
 from ..evaluation.sensitivity import PAPER_EPSILON, feature_sensitivity
@@ -125,6 +126,7 @@ class SetData:
     sha256: str
     render_seconds: float | None
     linear: LinearCheck | None = None  # the linear SVM on all the dataset's classes, if asked
+    split: np.ndarray | None = None  # the iCubWorld28 release's "train"/"test" per image (real data)
 
 
 @dataclass
@@ -162,15 +164,26 @@ class SplitModels:
 def run_experiment(settings: Settings, log: Callable[[str], None] = lambda _: None) -> IcubResults:
     """Everything but the files: the results, figures' images included (``log``: progress lines)."""
     clock = _Clock(log)
+    source = (
+        ReleaseSource.for_run(settings.data, settings.data_per_class, settings.splits)
+        if settings.data
+        else None
+    )
+    if source:  # the real release: iCubWorld7 and iCubWorld28, as the paper
+        main, fine, base_name = set_names(settings.main, settings.fine)
+        settings = replace(settings, main=main, fine=fine, baseline=base_name)
     extractor = default_extractor()
-    sets = [load_set("7 objects", settings.main, 7, extractor, linear_check=True)]
+    sets = [load_set("7 objects", settings.main, 7, extractor, linear_check=True, source=source)]
     if settings.fine:
-        sets.append(load_set("", settings.fine, 0, extractor))
+        sets.append(load_set("", settings.fine, 0, extractor, source=source))
     clock.lap("data and deep features")
     base = next(s for s in sets if s.name == settings.baseline)
-    baseline = baseline_curve(
-        base.z, base.y, base.session, base.label, settings.baseline_repeats, settings.seed
+    fig5 = (
+        (base.z, base.y, base.session)
+        if base.split is None
+        else fig5_rows(base.z, base.y, base.session, base.split)
     )
+    baseline = baseline_curve(*fig5, base.label, settings.baseline_repeats, settings.seed)
     clock.lap("baseline accuracy vs. number of objects (Fig. 5)")
     first: SplitModels | None = None
     infos, curves = {}, {}
@@ -225,18 +238,26 @@ class _Clock:
         self.laps["torch threads"] = torch.get_num_threads()
 
 
-def load_set(label: str, name: str, keep: int, extractor: nn.Module, linear_check: bool = False) -> SetData:
+def load_set(
+    label: str,
+    name: str,
+    keep: int,
+    extractor: nn.Module,
+    linear_check: bool = False,
+    source: ReleaseSource | None = None,
+) -> SetData:
     """A dataset (rendered on first use), its first ``keep`` classes (0: all) and their features.
 
     ``linear_check``: also measure the linear SVM's clean accuracy on *all* the dataset's classes,
-    for a held-out session and for held-out viewpoints (the issue's acceptance check).
+    for a held-out session and for held-out viewpoints (the issue's acceptance check; icub-sim only).
+    ``source``: read ``name`` from the real iCubWorld28 release instead.
     """
-    ds = datasets.load(name, "all")
+    ds = datasets.load(name, "all") if source is None else source.load(name)
     z = extract_features(extractor, ds.x, cache_key=str(ds.meta["sha256"]))
     session = ds.meta["session"]
     assert isinstance(session, Tensor)
     linear = None
-    if linear_check:
+    if linear_check and "yaw" in ds.meta:  # held-out viewpoints need the rendered views' yaw
         meta = {"session": session.numpy(), "yaw": np.asarray(ds.meta["yaw"])}
         accuracy = {}
         for mode in ("session", "view"):
@@ -258,6 +279,7 @@ def load_set(label: str, name: str, keep: int, extractor: nn.Module, linear_chec
         str(ds.meta["sha256"]),
         float(seconds) if isinstance(seconds, (int, float)) else None,
         linear,
+        split=None if source is None else np.asarray(ds.meta["split"])[rows.numpy()],
     )
 
 
@@ -275,7 +297,10 @@ def fit_split(
     data: SetData, test_session: int, settings: Settings, index: int, extractor: nn.Module
 ) -> SplitModels:
     """Fit SVM, SVM-RBF, SVM-adv and SVM-adv +5% FNR on the sessions other than ``test_session``."""
-    train, test = split_indices({"session": data.session.numpy()}, "session", [test_session])
+    if data.split is None:
+        train, test = split_indices({"session": data.session.numpy()}, "session", [test_session])
+    else:  # the real release: train/ and test/ of the same day, as the paper
+        train, test = day_split(data.session, data.split, test_session)
     z_tr, y_tr, z_te, y_te = data.z[train], data.y[train], data.z[test], data.y[test]
     cv = _cv_rows(y_tr, settings.cv_per_class, settings.seed + index)
     start = time.perf_counter()

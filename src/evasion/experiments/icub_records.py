@@ -58,6 +58,8 @@ class Settings:
     example_epsilons: tuple[float, ...]
     batch_size: int = 32
     seed: int = 0
+    data: str | None = None  # the iCubWorld28 release folder (None: the rendered icub-sim sets)
+    data_per_class: int | None = 100  # with data: first images per class, day and split (None: all)
 
 
 @dataclass(frozen=True)
