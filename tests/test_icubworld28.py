@@ -183,6 +183,9 @@ def test_cli_refuses_a_wrong_layout_before_any_computation(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("the experiment started")
 
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the layout passed: the experiment would start here
+
     monkeypatch.setattr(icub, "run_experiment", never)
     _rm(small / "test/day4/laundry-detergent")
     assert main(["reproduce", "icub", "--quick", "--data", str(small)]) == 2
@@ -192,9 +195,9 @@ def test_cli_refuses_a_wrong_layout_before_any_computation(
     # a missing day the run does not read is no error (quick: day4 only); the full run needs day3
     _write_release(small / "fresh", frames=1, px=4)
     _rm(small / "fresh/train/day3")
-    monkeypatch.setattr(icub, "run_experiment", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(icub, "run_experiment", stop)
     assert main(["reproduce", "icub", "--quick", "--data", str(small / "fresh")]) == 130
-    assert main(["reproduce", "icub", "--data", str(small / "fresh")]) == 2
+    assert main(["reproduce", "icub", "--splits", "2", "--data", str(small / "fresh")]) == 2
     assert "no train/day3/" in capsys.readouterr().err
 
 
