@@ -201,6 +201,7 @@ def _interval_check(results: DetectorResults) -> AcceptanceItem:
     for m, cs in results.curves.models.items():
         for a, c in cs.items():
             pairs.append((f"{m} / {a} AUC", c.auc, c.auc_interval))
+            pairs.append((f"{m} / {a} AUC accuracy + rejected", c.auc_defended, c.auc_defended_interval))
             pairs += [(f"{m} / {a} accuracy", v, iv) for v, iv in zip(c.accuracy, c.accuracy_band)]
     measured = [(name, v, iv) for name, v, iv in pairs if iv is not None]
     bad = [
