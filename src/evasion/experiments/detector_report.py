@@ -442,7 +442,8 @@ def _fig_aware(results: DetectorResults) -> str:
         paper = _sweep_points(rows)
         left.plot([p[0] for p in paper], [p[2] for p in paper], "o--", color=colour, alpha=0.6,
                   label=f"{name} detector, paper protocol (0.5)")  # fmt: skip
-        _band(left, [r.sigma for r in rows], [r.interval for r in rows if r.detectability], colour)
+        measured = [r for r in rows if r.detectability]
+        _band(left, [r.sigma for r in measured], [r.interval for r in measured], colour)
         if name not in dyn.aware:
             continue
         sweep = dyn.aware[name]
