@@ -9,10 +9,11 @@ re-training only the classifier on top of the features can mitigate, not fix, th
 Beyond the paper's two columns this module measures a third, the *worst case*: the direction of
 the same input norm that moves the features most (a power iteration on the extractor's Jacobian,
 :func:`worst_case_perturbation`). To first order a random unit direction moves the features by
-``||J||_F / sqrt(d)`` and the worst one by ``sigma_max(J)``, so the worst-case/random ratio is
-``sqrt(d / stable rank(J))`` and never above ``sqrt(d)`` (``d``: input dimension). Features can be
-taken from any named layer (:func:`layer_extractor`) and compared raw, L2-normalised per image,
-or rescaled to a given mean norm (:data:`NORMALIZATIONS`).
+``||J||_F / sqrt(d)`` (root mean square) and the worst one by ``sigma_max(J)``, so the
+worst-case/random ratio is ``sqrt(d / stable rank(J))``: at most ``sqrt(d)`` (``d``: input
+dimension; up to ``sqrt(pi d / 2)`` with mean instead of root-mean-square random distances).
+Features can be taken from any named layer (:func:`layer_extractor`) and compared raw,
+L2-normalised per image, or rescaled to a given mean norm (:data:`NORMALIZATIONS`).
 
 No I/O here: :func:`feature_sensitivity` returns a :class:`FeatureSensitivity` record; the two
 steps it chains (:func:`perturb`, :func:`feature_distances`) are public so that one set of
@@ -108,7 +109,7 @@ class FeatureSensitivity:
 
     @property
     def worst_case_ratio(self) -> float | None:
-        """Mean worst-case over mean random feature distance (at most about ``sqrt(input_dim)``)."""
+        """Mean worst-case over mean random feature distance (to first order at most about ``sqrt(input_dim)``)."""
         if self.worst_case is None:
             return None
         return float(self.worst_case.mean()) / self.random_mean if self.random_mean > 0 else math.inf
@@ -238,8 +239,9 @@ def worst_case_perturbation(
     A power iteration on ``J^T J`` (``J``: the extractor's Jacobian), made nonlinear: from a
     random direction, the next direction is the gradient of ``||f(x + delta) - f(x)||^2``, and
     the step is rescaled to ``radius`` inside the box. For a linear extractor ``W`` it converges
-    to the top right singular vector, a feature shift of ``sigma_max(W) * radius``. The best
-    iterate per sample is returned.
+    to the top right singular vector, a feature shift of ``sigma_max(W) * radius``; for a network
+    it is a local search, a lower bound on the worst case (another attack may move the features
+    further). The best iterate per sample is returned.
     """
     if steps < 1:
         raise ConfigError(f"worst-case steps must be >= 1, got {steps}")
