@@ -89,8 +89,13 @@ def test_interpretation_states_the_papers_findings_from_the_numbers():
     results = _results()
     lines = icub_report.interpret(results)
     text = " ".join(lines)
-    assert "SVM-adv beats SVM-RBF" in text and "2 of 2 settings (holds)" in text
-    assert "ratio 50x" in text and "holds" in text
+    assert (
+        "SVM-adv beats SVM-RBF" in text
+        and "across 2 settings (2 hold, 0 do not hold, 0 inconclusive): holds" in text
+    )
+    assert "ratio 50.000 [" in text and "holds" in text  # the ratio of means over 2 images, with its interval
+    assert "no interval: no per-image outcomes" in text  # these synthetic curves carry no per-image outcomes
+    assert "Session drift" not in text  # no drift rows in these facts
     assert "Sticker" in text and "1/2" in text
     acc = icub_report.acceptance(results)
     assert acc.sklearn_torch_max_abs_diff == pytest.approx(3e-8)
@@ -104,15 +109,19 @@ def test_interpretation_states_the_papers_findings_from_the_numbers():
 
 def test_results_serialise_to_the_json_layout():
     data = _results().to_dict()
-    assert list(data) == ["settings", "timing", "sets", "curves", "baseline", "sensitivity", "examples"]
+    assert list(data) == [
+        "settings", "timing", "sets", "curves", "baseline", "sensitivity", "examples", "network_max_abs_diff",
+    ]  # fmt: skip
     split = data["sets"]["7 objects"]["splits"][0]
     assert list(split) == [
-        "test_session", "train", "test", "fit_seconds", "models", "attack_seconds", "attacked", "target", "queries",
+        "test_session", "train", "test", "fit_seconds", "models", "calibrate", "drift", "attack_seconds",
+        "attacked", "target", "queries", "rows",
     ]  # fmt: skip
     assert split["models"]["SVM"]["C"] == 1.0 and split["queries"] == {"SVM|error-generic": [10, 10]}
     curve = data["curves"]["7 objects"]["error-generic"]["SVM"]
     assert list(curve) == [
         "epsilons", "accuracy", "rejected", "defended", "misclassified", "auc", "auc_defended", "splits",
+        "accuracy_band", "defended_band", "auc_interval", "auc_defended_interval", "split", "status",
     ]  # fmt: skip
     assert data["baseline"]["set"] == "7 objects" and data["baseline"]["C"] == 1.0
     assert data["sensitivity"]["ratio"] == pytest.approx(50.0) and data["sensitivity"]["model"] == "SVM"
@@ -165,7 +174,8 @@ def test_quick_reproduction_end_to_end(tmp_path):
         torch.set_num_threads(threads)
     results = json.loads((out / "icub-results.json").read_text())
     assert list(results) == [
-        "settings", "timing", "sets", "curves", "baseline", "sensitivity", "examples", "acceptance", "interpretation",
+        "settings", "timing", "sets", "curves", "baseline", "sensitivity", "examples", "network_max_abs_diff",
+        "acceptance", "interpretation",
     ]  # fmt: skip
     acc = results["acceptance"]
     assert acc["sklearn_torch_max_abs_diff"] < 1e-4
@@ -181,4 +191,13 @@ def test_quick_reproduction_end_to_end(tmp_path):
             a >= b - 1e-9 for a, b in zip(c["accuracy"], c["accuracy"][1:])
         )
     page = (out / "icub-report.html").read_text()
-    assert "Findings" in page and "Why are deep nets fooled" in page
+    assert "Findings" in page and "Why are deep nets fooled" in page and "Session drift" in page
+    assert results["network_max_abs_diff"] < 1e-3
+    c = curves["error-generic"]["SVM-adv"]  # per-image outcomes and intervals, 7 images x (1 + 4) budgets
+    assert (
+        len(c["status"]) == 7 and len(c["status"][0]) == len(c["epsilons"]) and len(c["defended_band"]) == 5
+    )
+    assert c["auc_defended_interval"]["low"] <= c["auc_defended"] <= c["auc_defended_interval"]["high"]
+    drift = results["sets"]["7 objects"]["splits"][0]["drift"]
+    assert [d["model"] for d in drift] == ["SVM-adv", "+5% FNR (out-of-fold)", "+5% FNR (sessions)"]
+    assert set(drift[0]["sessions"]) == {"0", "1", "2", "3"}

@@ -159,6 +159,14 @@ def _icub_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="attack steps per budget")
     parser.add_argument("--splits", type=int, default=None, help="session splits to average (1-4)")
     parser.add_argument(
+        "--calibrate",
+        choices=("out-of-fold", "sessions"),
+        default="out-of-fold",
+        help="how the conservative '+5%% FNR' thresholds are set: out-of-fold (default, the paper's "
+        "validation set: k-fold scores of the training images) or sessions (leave-one-acquisition-session-out "
+        "scores, so the thresholds see a new session's drift); the report's session-drift table shows both",
+    )
+    parser.add_argument(
         "--data",
         metavar="PATH",
         default=None,
@@ -190,6 +198,7 @@ def _run_icub(args: argparse.Namespace) -> int:
         samples=_size(args, "samples", base.samples),
         steps=_size(args, "steps", base.steps),
         splits=_size(args, "splits", base.splits, maximum=4),
+        calibrate=args.calibrate,
     )
     if args.data is not None:  # the real release: its layout checked before any computation
         from ..datasets import icubworld28

@@ -13,12 +13,15 @@ from typing import Any
 
 from torch import Tensor
 
+from ..evaluation.bootstrap import Interval
 from ..evaluation.sensitivity import FeatureSensitivity
 
 __all__ = [
+    "CALIBRATIONS",
     "AveragedCurve",
     "BaselineCurve",
     "CurvePoints",
+    "DriftRow",
     "ExampleFacts",
     "FigureImage",
     "Figures",
@@ -34,6 +37,13 @@ __all__ = [
     "SplitFacts",
     "StickerStudy",
 ]
+
+
+#: calibrations of the conservative thresholds: "out-of-fold" (the paper's validation set: k-fold
+#: out-of-fold scores of the training images) or "sessions" (leave-one-acquisition-session-out
+#: scores: each training session scored by an SVM fit without it, so the thresholds see what a
+#: new session does to the scores)
+CALIBRATIONS = ("out-of-fold", "sessions")
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,9 @@ class Settings:
     example_epsilons: tuple[float, ...]
     batch_size: int = 32
     seed: int = 0
+    #: how the conservative "+5% FNR" thresholds are calibrated (one of :data:`CALIBRATIONS`)
+    calibrate: str = "out-of-fold"
+    resamples: int = 2000  # bootstrap resamples of every interval (over attacked images)
     data: str | None = None  # the iCubWorld28 release folder (None: the rendered icub-sim sets)
     data_per_class: int | None = 100  # with data: first images per class, day and split (None: all)
 
@@ -105,6 +118,32 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
+class DriftRow:
+    """Clean accuracy and rejection of one reject model, per acquisition session.
+
+    Every session is scored by a classifier that never saw it: the test session by the final
+    model, each training session by an SVM-adv fit on the other training sessions (leave one
+    session out) with the same thresholds; ``validation`` is the k-fold out-of-fold estimate (the
+    paper's validation set, which mixes sessions) that the default calibration relies on.
+    """
+
+    model: str  # "SVM-adv", "+5% FNR (out-of-fold)", "+5% FNR (sessions)"
+    attacked: bool  # the thresholds of an attacked model of Fig. 6
+    sessions: dict[int, tuple[float, float]]  # session -> (clean accuracy, clean rejection)
+    validation: tuple[float, float]  # out-of-fold (random folds) (accuracy, rejection)
+    test_session: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "attacked": self.attacked,
+            "test_session": self.test_session,
+            "sessions": {str(k): {"accuracy": a, "rejected": r} for k, (a, r) in self.sessions.items()},
+            "validation": {"accuracy": self.validation[0], "rejected": self.validation[1]},
+        }
+
+
+@dataclass(frozen=True)
 class FitFacts:
     """The four classifiers fit on one session split."""
 
@@ -113,6 +152,8 @@ class FitFacts:
     test: int
     fit_seconds: float
     models: dict[str, ModelFacts]
+    drift: tuple[DriftRow, ...] = ()  # clean rejection per session of the reject models
+    calibrate: str = "out-of-fold"  # how the attacked "+5% FNR" thresholds were calibrated
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +162,8 @@ class FitFacts:
             "test": self.test,
             "fit_seconds": self.fit_seconds,
             "models": {k: m.to_dict() for k, m in self.models.items()},
+            "calibrate": self.calibrate,
+            "drift": [d.to_dict() for d in self.drift],
         }
 
 
@@ -133,6 +176,7 @@ class SplitFacts:
     attacked: int
     target: str  # the error-specific target class
     queries: dict[str, tuple[int, int]]  # "model|attack" -> (forwards, backwards)
+    rows: list[int] = field(default_factory=list)  # the attacked images (rows of the set's data)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +185,7 @@ class SplitFacts:
             "attacked": self.attacked,
             "target": self.target,
             "queries": {k: list(v) for k, v in self.queries.items()},
+            "rows": list(self.rows),
         }
 
 
@@ -175,6 +220,8 @@ class CurvePoints:
     rejected: list[float]
     defended: list[float]
     misclassified: list[float]
+    #: per attacked image (rows) and epsilon: 0 correct, 1 rejected, 2 misclassified
+    status: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -189,9 +236,33 @@ class AveragedCurve:
     auc: float
     auc_defended: float
     splits: int
+    #: per attacked image of every split (rows) and epsilon: 0 correct, 1 rejected, 2 misclassified
+    status: list[list[int]] = field(default_factory=list)
+    split: list[int] = field(default_factory=list)  # the split of each row (bootstrap strata)
+    accuracy_band: list[Interval] = field(default_factory=list)  # 95% interval per point
+    defended_band: list[Interval] = field(default_factory=list)
+    auc_interval: Interval | None = None
+    auc_defended_interval: Interval | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "epsilons": self.epsilons,
+            "accuracy": self.accuracy,
+            "rejected": self.rejected,
+            "defended": self.defended,
+            "misclassified": self.misclassified,
+            "auc": self.auc,
+            "auc_defended": self.auc_defended,
+            "splits": self.splits,
+            "accuracy_band": [[i.low, i.high] for i in self.accuracy_band],
+            "defended_band": [[i.low, i.high] for i in self.defended_band],
+            "auc_interval": None if self.auc_interval is None else self.auc_interval.to_dict(),
+            "auc_defended_interval": (
+                None if self.auc_defended_interval is None else self.auc_defended_interval.to_dict()
+            ),
+            "split": self.split,
+            "status": self.status,
+        }
 
 
 @dataclass(frozen=True)
@@ -203,6 +274,7 @@ class BaselineCurve:
     accuracy: list[list[float]]
     c: float
     guaranteed: dict[str, list[float]]  # "90%" -> accuracy reached with that confidence, per size
+    correct: list[int] = field(default_factory=list)  # per test image, the run on every object
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -211,6 +283,7 @@ class BaselineCurve:
             "accuracy": self.accuracy,
             "C": self.c,
             "guaranteed": self.guaranteed,
+            "correct": self.correct,
         }
 
 
@@ -342,6 +415,8 @@ class IcubResults:
     examples: ExampleFacts | SkippedExamples
     linear: LinearCheck | None = None  # the linear SVM on all classes of the main dataset
     figures: Figures | None = field(default=None, repr=False, compare=False)
+    #: max |features of the attacked (BatchNorm-folded) network - the feature network's|
+    network_max_abs_diff: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able results (without the acceptance numbers and the interpretation)."""
@@ -356,4 +431,5 @@ class IcubResults:
             "baseline": self.baseline.to_dict(),
             "sensitivity": self.sensitivity.to_dict(),
             "examples": self.examples.to_dict(),
+            "network_max_abs_diff": self.network_max_abs_diff,
         }
