@@ -65,6 +65,19 @@ def _combined(verdicts: Sequence[Verdict]) -> Verdict:
     return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
 
 
+def _decided(named: Sequence[tuple[str, Interval]], bound: float, result: Verdict) -> str:
+    """The numbers that decided ``result`` for "every value > ``bound``": the lowest lower bound
+    (holds), the intervals wholly below the bound (does not hold), or those straddling it."""
+    if result == "holds":
+        lowest = min(iv.low for _, iv in named)
+        return f"every 95% interval above {bound:g}, lowest lower bound {lowest:.3f}"
+    if result == "does not hold":
+        below = [f"{name} [{iv.low:.3f}, {iv.high:.3f}]" for name, iv in named if iv.high < bound]
+        return f"95% interval wholly below {bound:g}: " + ", ".join(below)
+    straddle = [f"{name} [{iv.low:.3f}, {iv.high:.3f}]" for name, iv in named if iv.low <= bound <= iv.high]
+    return f"95% interval straddles {bound:g}: " + ", ".join(straddle)
+
+
 def _sweep_points(rows: Sequence[SweepRow]) -> list[tuple[float, float, float, int]]:
     """(sigma, classifier accuracy, detectability, successes) where some attack succeeded."""
     return [(r.sigma, r.classifier_accuracy, _det(r), r.n_successful) for r in rows if r.detectability]
@@ -92,10 +105,10 @@ def _finding(rows: Sequence[SweepRow], bound: float = 0.7) -> tuple[Verdict, str
     result = _combined([verdict(_interval(r), bound) for r in kept])
     low = min(kept, key=_det)
     listed = ", ".join(f"σ={r.sigma:g}: {_det(r):.3f}{_ci(r.interval)} (n={r.n_successful})" for r in kept)
-    lowest = min(_interval(r).low for r in kept)
+    decided = _decided([(f"σ={r.sigma:g}", _interval(r)) for r in kept], bound, result)
     return result, (
         f"finding {result} (lowest detectability {_det(low):.3f}{_ci(low.interval)} at σ={low.sigma:g}; "
-        f"lowest lower bound {lowest:.3f} vs. {bound:g}): {listed}"
+        f"{decided}): {listed}"
     )
 
 
@@ -128,8 +141,10 @@ def acceptance(results: DetectorResults) -> list[AcceptanceItem]:
         )
         text = f"static detectability >= {need} for every adversary with classifier accuracy < {limit:.0%}"
         result = _combined([verdict(_interval(r), need) for r in rows])
-        low = min((_interval(r).low for r in rows), default=math.nan)
-        text = f"{text} ({len(rows)} settings; {result}: lowest lower bound of the 95% intervals {low:.3f}): {listed}"
+        decided = (
+            _decided([(f"{r.label} {r.units:g}", _interval(r)) for r in rows], need, result) if rows else ""
+        )
+        text = f"{text} ({len(rows)} settings; {result}: {decided}): {listed}"
         items.append(AcceptanceItem(result == "holds", "static", text, result))
     dyn = results.dynamic
     s, d, n = worst_sigma(dyn.static)
