@@ -151,8 +151,10 @@ def test_wrong_layouts_are_one_line_errors_before_anything_runs(tmp_path, capsys
     assert "is a file" in _layout_error(tmp_path, capsys, base / "data_batch_1")
     assert "does not exist" in _layout_error(tmp_path, capsys, tmp_path / "nowhere")
     good = write_cifar10(tmp_path / "good")
-    err = _layout_error(tmp_path, capsys, good, "--weights", str(tmp_path / "missing.pt"))
+    err = _layout_error(tmp_path, capsys, good, "--quick", "--weights", str(tmp_path / "missing.pt"))
     assert "--weights" in err and "not a file" in err
+    err = _layout_error(tmp_path, capsys, good, "--quick")  # 30 images; the quick run needs 1,200
+    assert "cifar10 has 30 training and 14 test images; the cifar-quick run needs 1200 and 500" in err
 
 
 def test_weights_need_data_and_the_layout_check_names_every_file(tmp_path, capsys):

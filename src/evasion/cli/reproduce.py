@@ -111,6 +111,7 @@ def _run_detector(args: argparse.Namespace) -> int:
         data = detector.load_cifar10(args.data)
         if args.weights is not None and not args.weights.is_file():
             raise ConfigError(f"--weights {str(args.weights)!r} is not a file")
+        detector.check_sizes(settings, data)
     with progress(args.quiet) as bar:
         if data is not None:
             clf, info = detector.cifar_classifier(

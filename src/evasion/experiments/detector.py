@@ -97,6 +97,7 @@ __all__ = [
     "DetectorResults",
     "Settings",
     "adversaries",
+    "check_sizes",
     "cifar_classifier",
     "load_cifar10",
     "reproduce",
@@ -337,17 +338,25 @@ def cifar_classifier(
     return clf, info
 
 
+def check_sizes(s: Settings, data: tuple[Dataset, Dataset]) -> None:
+    """A one-line :class:`ConfigError` when the data holds fewer images than ``s`` needs (before
+    anything long: the CLI checks the user's CIFAR-10 before training the classifier)."""
+    train, test = data
+    need = max(s.n_train, s.dyn_train) + s.n_val
+    if need > len(train) or s.n_test > len(test):
+        raise ConfigError(
+            f"{s.dataset} has {len(train)} training and {len(test)} test images; the {s.name} run needs "
+            f"{need} and {s.n_test}"
+        )
+
+
 def _data(s: Settings, device: torch.device, data: tuple[Dataset, Dataset] | None = None) -> dict[str, Split]:
     if data is None:
         if s.dataset != "mnist5k":
             raise ConfigError(f"settings {s.name!r} run on {s.dataset}: pass its training and test sets")
         data = datasets.load("mnist5k", split="train"), datasets.load("mnist5k", split="test")
     train, test = data
-    if max(s.n_train, s.dyn_train) + s.n_val > len(train) or s.n_test > len(test):
-        raise ConfigError(
-            f"{s.dataset} has {len(train)} training and {len(test)} test images; the {s.name} run needs "
-            f"{max(s.n_train, s.dyn_train) + s.n_val} and {s.n_test}"
-        )
+    check_sizes(s, data)
     return {
         "train": Split(train.x[: s.n_train].to(device), train.y[: s.n_train].to(device)),
         "dynamic": Split(train.x[: s.dyn_train].to(device), train.y[: s.dyn_train].to(device)),
