@@ -101,24 +101,31 @@ class APGDStep:
         t: int,
     ) -> Tensor:
         s = self.state
-        g = sum(w * gk for w, gk in zip(weights, grads))
+        rows = ctx.rows(idx)  # None: the whole batch, read and written without gathers
+        g = (
+            grads[0]
+            if len(grads) == 1 and weights[0] == 1.0
+            else sum(w * gk for w, gk in zip(weights, grads))
+        )
         assert isinstance(g, Tensor)
-        s.rises[idx] += (loss > s.prev_loss[idx]).float() * (t > 0)
-        better = loss > s.best_loss[idx]
-        improved = idx[better]
-        s.best_loss[improved] = loss[better]
-        s.best_x[improved] = x[better]
-        s.best_grad[improved] = g[better]
-        prev_x = s.prev_x[idx]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        if t > 0:
+            s.rises = _put(s.rises, rows, _take(s.rises, rows) + (loss > _take(s.prev_loss, rows)).float())
+        old_best = _take(s.best_loss, rows)
+        better = loss > old_best
+        b = better.reshape(shape)
+        s.best_loss = _put(s.best_loss, rows, torch.where(better, loss, old_best))
+        s.best_x = _put(s.best_x, rows, torch.where(b, x, _take(s.best_x, rows)))
+        s.best_grad = _put(s.best_grad, rows, torch.where(b, g, _take(s.best_grad, rows)))
+        prev_x = _take(s.prev_x, rows)
         if t in self._marks:
             x, g, prev_x = self._checkpoint(x, g, prev_x, idx, t)
-        s.prev_loss[idx] = loss
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        eta = s.eta[idx].reshape(shape)
+        s.prev_loss = _put(s.prev_loss, rows, loss)
+        eta = _take(s.eta, rows).reshape(shape)
         z = ctx.project(x + eta * ctx.direction(g, x, idx), idx)
         a = 1.0 if t == 0 else self.momentum
         nxt = ctx.project(x + a * (z - x) + (1 - a) * (x - prev_x), idx)
-        s.prev_x[idx] = x
+        s.prev_x = _put(s.prev_x, rows, x)
         return nxt
 
     def _checkpoint(
@@ -140,6 +147,20 @@ class APGDStep:
             x, g, prev_x = x.clone(), g.clone(), prev_x.clone()
             x[halve], g[halve], prev_x[halve] = s.best_x[rows], s.best_grad[rows], s.best_x[rows]
         return x, g, prev_x
+
+
+def _take(t: Tensor, rows: Tensor | None) -> Tensor:
+    """Rows ``rows`` of a full-batch state tensor (``None``: all of it, no copy)."""
+    return t if rows is None else t[rows]
+
+
+def _put(t: Tensor, rows: Tensor | None, value: Tensor) -> Tensor:
+    """``t`` with rows ``rows`` replaced by ``value``, out of place (``None``: ``value`` itself).
+
+    State tensors are replaced, never written into, so a state may share memory with the
+    loop's iterates or losses without either side seeing the other change.
+    """
+    return value if rows is None else t.index_put((rows,), value)
 
 
 def runner_up_classes(model_scores: Tensor, y: Tensor, num_classes: int, k: int) -> Tensor:

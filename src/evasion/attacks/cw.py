@@ -55,13 +55,17 @@ class CarliniWagnerL2(Attack):
         c = torch.full((n,), self.initial_const, device=dev, dtype=x0.dtype)
         low, high = torch.zeros_like(c), torch.full_like(c, math.inf)
         best, best_norm = x0.clone(), torch.full_like(c, math.inf)
-        fwd = torch.zeros(n, dtype=torch.long, device=dev)
+        # ``span * u / 2`` and ``(span / 2) * u`` round to the same float (halving is exact)
+        half = span / 2
+        steps = 0
         for _round in range(self.binary_search_steps):
-            succeeded = self._round(problem, w0, c, lo, span, best, best_norm, fwd)
+            succeeded, best, best_norm, taken = self._round(problem, w0, c, lo, half, best, best_norm)
+            steps += taken
             high = torch.where(succeeded, torch.minimum(high, c), high)
             low = torch.where(succeeded, low, torch.maximum(low, c))
             c = torch.where(torch.isinf(high), c * 10, (low + high) / 2)
         found = torch.isfinite(best_norm)
+        fwd = torch.full((n,), steps, dtype=torch.long, device=dev)
         return finish_minimum_norm(self, problem, best, found, fwd, fwd.clone())
 
     def _round(
@@ -70,39 +74,42 @@ class CarliniWagnerL2(Attack):
         w0: Tensor,
         c: Tensor,
         lo: Tensor,
-        span: Tensor,
+        half: Tensor,
         best: Tensor,
         best_norm: Tensor,
-        fwd: Tensor,
-    ) -> Tensor:
-        """One Adam run for fixed ``c``; updates ``best`` in place; returns per-sample success."""
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """One Adam run for fixed ``c``: per-sample success, the closest adversarial points and
+        their norms so far, and the number of steps taken (every sample takes every step)."""
         model, x0 = problem.model, problem.x
+        shape = (-1,) + (1,) * (x0.dim() - 1)
         w = w0.clone()
         m, v = torch.zeros_like(w), torch.zeros_like(w)
         b1, b2 = 0.9, 0.999
         succeeded = torch.zeros_like(c, dtype=torch.bool)
         previous = math.inf
+        t = 0
         for t in range(1, self.steps + 1):
             w.requires_grad_(True)
-            x_adv = lo + span * (torch.tanh(w) + 1) / 2
+            x_adv = lo + half * (torch.tanh(w) + 1)
             scores = model(x_adv)
             dist = (x_adv - x0).flatten(1).square().sum(1)
             gap = margin(attacker_view(model, scores, problem.y, problem.target), problem.y, problem.target)
             loss = dist + c * (self.confidence - gap).clamp_min(0)
             (g,) = torch.autograd.grad(loss.sum(), w)
-            fwd += 1
             with torch.no_grad():
                 hit = problem.success(model.decide(scores), None) & (gap >= self.confidence)
-                closer = hit & (dist.sqrt() < best_norm)
-                best[closer], best_norm[closer] = x_adv.detach()[closer], dist.sqrt()[closer]
+                now = dist.sqrt()
+                closer = hit & (now < best_norm)  # masked selections: no gather, no sync
+                best = torch.where(closer.reshape(shape), x_adv, best)
+                best_norm = torch.where(closer, now, best_norm)
                 succeeded |= hit
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 step = self.learning_rate * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + 1e-8)
-                w = (w.detach() - step).detach()
+                w = w.detach() - step
             if self.abort_early and t % max(self.steps // 10, 1) == 0:
                 total = float(loss.detach().sum())
                 if total > previous * 0.9999:
                     break
                 previous = total
-        return succeeded
+        return succeeded, best, best_norm, t

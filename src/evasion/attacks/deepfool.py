@@ -24,7 +24,8 @@ class DeepFool(Attack):
     most likely other classes, moves to the closest of their boundaries (distance
     ``|f_k| / ||grad f_k||_q``, q the dual norm), and accumulates the step; the total is scaled by
     ``1 + overshoot`` so the point ends up just across. Samples stop as soon as they flip; all
-    class gradients of an iteration come from one vectorised backward pass. Untargeted only; on
+    class gradients of an iteration come from one backward pass per candidate class over the
+    batch, on the graph of one forward pass. Untargeted only; on
     a classifier with a reject option it linearises the class scores and ignores the reject rule.
     """
 
@@ -56,14 +57,16 @@ class DeepFool(Attack):
         active = torch.arange(n, device=dev)
         x_adv = x0.clone()
         for it in range(self.steps + 1):
-            xa = x_adv[active].detach().requires_grad_(True)
-            full = model(xa)
+            last = it == self.steps  # the last forward only checks: no graph
+            xa = x_adv[active].detach().requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                full = model(xa)
             fwd[active] += 1
             done = problem.success(model.decide(full.detach()), active)
             scores = model.class_scores(full)  # DeepFool linearises the class scores only
             best[active[done]], found[active[done]] = xa.detach()[done], True
             keep = ~done
-            if not bool(keep.any()) or it == self.steps:
+            if last or not bool(keep.any()):
                 break
             ya = y[active]
             others = scores.detach().scatter(1, ya[:, None], float("-inf")).topk(k - 1, dim=1).indices

@@ -115,6 +115,7 @@ def _first_point(
             problem.lower,
             problem.upper,
             problem.generator,
+            radius="uniform",  # see ``random_start``: a start on the L2 sphere is a weaker one
         )
     return problem.x.clone()
 
@@ -150,79 +151,137 @@ def _single_run(
         nonfinite_grad_steps=counts["nonfinite"],
         loss_trace=torch.full((s.steps + 1, n), math.nan, device=dev) if s.trace else None,
     )
-    active = torch.ones(n, dtype=torch.bool, device=dev)
+    # While every sample runs (always, in full mode) the loop indexes nothing: ``active`` stays
+    # None, the rule gets ``everyone`` (the context's ``all_rows``: no gathers) and the per-sample
+    # counts of those steps are two Python integers added once at the end.
+    active: Tensor | None = None
     everyone = torch.arange(n, device=dev)
-    prev = torch.full((n,), math.nan, device=dev, dtype=x.dtype)
-    ctx = StepContext(problem, s.step_size, s.steps, s.l1_fraction)
+    can_stop = s.early_stop or s.tolerance is not None
+    prev = torch.full((n,), math.nan, device=dev, dtype=x.dtype) if s.tolerance is not None else None
+    ctx = StepContext(problem, s.step_size, s.steps, s.l1_fraction, all_rows=everyone)
     rule.start(ctx)
+    aim = problem.loss_target
+    full_forwards = full_backwards = 0
     for t in range(s.steps + 1):
-        full = bool(active.all())
-        idx = everyone if full else active.nonzero()[:, 0]
-        if idx.numel() == 0:
-            break
+        full = active is None
+        if full:
+            idx, rows = everyone, None
+        else:
+            assert active is not None
+            idx = active.nonzero()[:, 0]
+            rows = idx
+            if idx.numel() == 0:
+                break
         with_grad = t < s.steps
         xa = (x if full else x[idx]).detach().requires_grad_(with_grad)
-        aim = problem.loss_target
-        value = objective(problem.model, xa, problem.y[idx], None if aim is None else aim[idx])
-        best.forwards[idx] += 1
+        y_rows = problem.y if rows is None else problem.y[rows]
+        aim_rows = aim if aim is None or rows is None else aim[rows]
+        with torch.set_grad_enabled(with_grad):  # the last evaluation only checks: no graph
+            value = objective(problem.model, xa, y_rows, aim_rows)
+        if full:
+            full_forwards += 1
+        else:
+            best.forwards[idx] += 1
         loss = value.total.detach()
         preds = problem.model.decide(value.scores.detach())
-        succ = problem.success(preds, idx) & torch.isfinite(loss)
+        succ = problem.success(preds, rows) & torch.isfinite(loss)
         if best.loss_trace is not None:
             best.loss_trace[t, idx] = loss.to(best.loss_trace.dtype)
-        _keep_best(best, idx, xa.detach(), preds, succ, loss, s.keep == "last")
-        stop = succ if s.early_stop else torch.zeros_like(succ)
-        if s.tolerance is not None and t > 0:
-            stop = stop | ((loss - prev[idx]).abs() <= s.tolerance)
-        prev[idx] = loss
-        go = ~stop
-        active[idx[stop]] = False
+        _keep_best(best, rows, xa.detach(), preds, succ, loss, s.keep == "last")
+        go: Tensor | None = None  # None: every sample of this iteration goes on
+        if can_stop:
+            stop = succ if s.early_stop else torch.zeros_like(succ)
+            if prev is not None and s.tolerance is not None:
+                if t > 0:
+                    stop = stop | ((loss - (prev if rows is None else prev[rows])).abs() <= s.tolerance)
+                prev[idx] = loss
+            stopped = int(stop.sum())
+            if stopped == idx.numel():
+                break
+            if stopped:
+                if active is None:
+                    active = torch.ones(n, dtype=torch.bool, device=dev)
+                active[idx[stop]] = False
+                go = ~stop
         if not with_grad:
             break
-        if not bool(go.any()):
-            continue
-        grads = [_sanitise(g, idx, best) for g in _gradients(value.terms, xa)]
-        best.backwards[idx] += 1
-        if bool(go.all()):
-            rows, xs, loss_go = idx, xa.detach(), loss
+        grads = [_sanitise(g, rows, best) for g in _gradients(value.terms, xa)]
+        if full:
+            full_backwards += 1
         else:
-            rows, xs, grads, loss_go = idx[go], xa.detach()[go], [g[go] for g in grads], loss[go]
-        nxt = rule.step(ctx, xs, grads, value.weights, loss_go, rows, t)
+            best.backwards[idx] += 1
+        if go is None:
+            step_rows, xs, loss_go = idx, xa.detach(), loss
+        else:
+            step_rows, xs, grads, loss_go = idx[go], xa.detach()[go], [g[go] for g in grads], loss[go]
+        nxt = rule.step(ctx, xs, grads, value.weights, loss_go, step_rows, t)
         # out of place: ``x`` may be a tensor the step rule returned (and keeps), never written into
-        x = nxt if full and rows.numel() == n else x.index_put((rows,), nxt)
+        x = nxt if step_rows is everyone else x.index_put((step_rows,), nxt)
+    if full_forwards:
+        best.forwards += full_forwards
+    if full_backwards:
+        best.backwards += full_backwards
     return best
 
 
-def _sanitise(g: Tensor, idx: Tensor, out: LoopOutput) -> Tensor:
-    """Count all-zero and non-finite gradients per sample; replace non-finite entries by 0."""
+def _sanitise(g: Tensor, rows: Tensor | None, out: LoopOutput) -> Tensor:
+    """Count all-zero and non-finite gradients per sample (rows ``rows``, ``None``: all);
+    replace non-finite entries by 0."""
     flat = g.reshape(g.shape[0], -1)
-    finite = torch.isfinite(flat).all(1)
-    out.nonfinite_grad_steps[idx] += (~finite).long()
-    out.zero_grad_steps[idx] += (finite & (flat == 0).all(1)).long()
+    # the largest |g_i| per sample (one fused pass): NaN or inf exactly when some entry is, 0
+    # exactly when all are
+    peak = torch.linalg.vector_norm(flat, math.inf, dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    finite = torch.isfinite(peak)
+    if rows is None:
+        out.nonfinite_grad_steps += ~finite
+        out.zero_grad_steps += peak == 0
+    else:
+        out.nonfinite_grad_steps[rows] += (~finite).long()
+        out.zero_grad_steps[rows] += (peak == 0).long()
     if bool(finite.all()):
         return g
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _keep_best(
-    best: LoopOutput, idx: Tensor, x: Tensor, preds: Tensor, succ: Tensor, loss: Tensor, always: bool
+    best: LoopOutput,
+    rows: Tensor | None,
+    x: Tensor,
+    preds: Tensor,
+    succ: Tensor,
+    loss: Tensor,
+    always: bool,
 ) -> None:
-    """Record the current iterate where it beats the best so far (or always, for keep="last")."""
-    if always:
-        better = torch.ones_like(succ)
-    else:
-        old_succ, old_loss = best.success[idx], best.objective[idx]
-        better = (succ & ~old_succ) | ((succ == old_succ) & (loss > old_loss))
-        better |= ~torch.isfinite(old_loss) & ~old_succ  # the very first evaluation always counts
-    if idx.numel() == best.success.numel():  # the whole batch: masked writes, no gather/scatter
+    """Record the current iterate where it beats the best so far (or always, for keep="last").
+
+    ``rows``: the rows of the batch ``x`` holds (``None``: the whole batch, in order).
+    """
+    if rows is None:  # the whole batch: masked selections, no gather/scatter
+        if always:
+            # copies: ``x`` and ``loss`` may be kept by the step rule, and ``take`` writes into these
+            best.adversarial = x.clone()
+            best.predictions, best.success = preds.clone(), succ.clone()
+            best.objective = loss.to(best.objective.dtype, copy=True)
+            return
+        better = _better(succ, loss, best.success, best.objective)
         b = better.reshape((-1,) + (1,) * (x.dim() - 1))
-        best.adversarial.copy_(torch.where(b, x, best.adversarial))
-        best.predictions.copy_(torch.where(better, preds, best.predictions))
-        best.success.copy_(torch.where(better, succ, best.success))
-        best.objective.copy_(torch.where(better, loss.to(best.objective.dtype), best.objective))
+        best.adversarial = torch.where(b, x, best.adversarial)
+        best.predictions = torch.where(better, preds, best.predictions)
+        best.success = torch.where(better, succ, best.success)
+        best.objective = torch.where(better, loss.to(best.objective.dtype), best.objective)
         return
-    rows = idx[better]
-    best.adversarial[rows] = x[better]
-    best.predictions[rows] = preds[better]
-    best.success[rows] = succ[better]
-    best.objective[rows] = loss[better]
+    better = (
+        torch.ones_like(succ) if always else _better(succ, loss, best.success[rows], best.objective[rows])
+    )
+    pick = rows[better]
+    best.adversarial[pick] = x[better]
+    best.predictions[pick] = preds[better]
+    best.success[pick] = succ[better]
+    best.objective[pick] = loss[better].to(best.objective.dtype)
+
+
+def _better(succ: Tensor, loss: Tensor, old_succ: Tensor, old_loss: Tensor) -> Tensor:
+    """A success beats a failure, then a larger objective; the first evaluation always counts."""
+    failed_before = ~old_succ
+    better = (succ & failed_before) | ((succ == old_succ) & (loss > old_loss))
+    return better | (failed_before & ~torch.isfinite(old_loss))

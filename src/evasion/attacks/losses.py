@@ -117,6 +117,9 @@ class ObjectiveValue:
 
     @property
     def total(self) -> Tensor:
+        """``sum_k w_k term_k`` (a single term of weight 1 is returned as it is)."""
+        if len(self.terms) == 1 and self.weights[0] == 1.0:
+            return self.terms[0]
         return sum((w * t for w, t in zip(self.weights, self.terms)), torch.zeros_like(self.terms[0]))
 
 

@@ -17,22 +17,23 @@ __all__ = ["class_gradients", "finish_minimum_norm"]
 def class_gradients(x: Tensor, scores: Tensor, classes: Tensor, reference: Tensor) -> Tensor:
     """Gradients of ``scores[:, classes[:, j]] - scores[:, reference]`` w.r.t. ``x``: ``(n, C, *x)``.
 
-    All ``C`` vector-Jacobian products run as one vectorised backward pass (``is_grads_batched``);
-    models with operations that cannot be vectorised fall back to one backward per class.
+    One backward pass per column ``j``, of the selected differences summed over the batch (rows
+    do not interact in an eval-mode model, so each row receives its own gradient), all on the
+    one graph of the forward pass. ``C`` plain backward passes run faster than one vectorised
+    pass over ``C`` seeds (``is_grads_batched``): 1.5x on mnist-cnn on a CPU, where vmap's
+    batched convolution backward is slower than the convolution backward it replaces. The graph
+    is freed by the last pass.
     """
     n, c = classes.shape
-    seeds = torch.zeros((c, n, scores.shape[1]), device=scores.device, dtype=scores.dtype)
     rows = torch.arange(n, device=scores.device)
+    grads = []
     for j in range(c):
-        seeds[j, rows, classes[:, j]] += 1.0
-        seeds[j, rows, reference] -= 1.0
-    try:
-        (g,) = torch.autograd.grad(scores, x, grad_outputs=seeds, is_grads_batched=True, retain_graph=True)
-    except RuntimeError:
-        g = torch.stack(
-            [torch.autograd.grad(scores, x, grad_outputs=seeds[j], retain_graph=True)[0] for j in range(c)]
-        )
-    return g.transpose(0, 1)
+        seed = torch.zeros_like(scores)
+        seed[rows, classes[:, j]] += 1.0
+        seed[rows, reference] -= 1.0
+        (g,) = torch.autograd.grad(scores, x, grad_outputs=seed, retain_graph=j < c - 1)
+        grads.append(g)
+    return torch.stack(grads, 1)
 
 
 def finish_minimum_norm(

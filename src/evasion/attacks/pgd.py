@@ -15,7 +15,11 @@ __all__ = ["PGD"]
 
 @dataclass(frozen=True)
 class PGD(IterativeAttack):
-    """BIM started from a uniform random point of the epsilon-ball, optionally restarted.
+    """BIM started from a random point of the epsilon-ball, optionally restarted.
+
+    The start is uniform in the L∞ box; in L2 it is a uniformly random direction at a distance
+    uniform in ``[0, epsilon]`` (``random_start(radius="uniform")``, as torchattacks), not a point
+    uniform in the ball's volume, which in high dimension lies on the sphere and is a weaker start.
 
     Restarts run only on the samples that are not adversarial yet; each sample keeps its best
     outcome over all restarts. Works in L∞, L2 and L1 (sparse steps over the top ``l1_fraction``
