@@ -151,3 +151,15 @@ def test_an_interval_that_does_not_match_its_number_is_an_error(tmp_path):
     assert check.error and "Fast 4 detectability" in check.text
     html = render(results).write(tmp_path / "r.html").read_text()
     assert "95% interval" in html and "bootstrap" in html
+
+
+def test_sigmas_with_too_few_successes_are_listed_but_not_judged():
+    results = fake_results()
+    rows = (
+        SweepRow(0.0, 0.4, 200, _det(0.95, 200), outcomes=_outcomes(200, 0, 20)),
+        SweepRow(0.9, 0.9, 1, _det(0.5, 1), outcomes=_outcomes(1, 1, 0)),  # one pair: [0.5, 0.5]
+    )
+    results = with_intervals(replace(results, dynamic=replace(results.dynamic, dynamic=rows)))
+    item = acceptance(results)[3]
+    assert item.status == "holds" and "not judged (fewer than 10 successful examples): σ=0.9" in item.text
+    assert "σ=0.9: 0.500 [0.500, 0.500] (n=1)" in item.text  # still listed

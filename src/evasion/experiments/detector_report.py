@@ -95,17 +95,31 @@ def worst_sigma(rows: Sequence[SweepRow]) -> tuple[float, float, int]:
 FINDING = "Metzen et al.'s finding (dynamic adversary training keeps detectability > 70% for every sigma)"
 
 
+#: sigmas with fewer successful examples are listed but not judged: a bootstrap interval over one
+#: or a few pairs has no coverage to speak of (one pair gives [0.5, 0.5] or [1, 1])
+MIN_PAIRS = 10
+
+
 def _finding(rows: Sequence[SweepRow], bound: float = 0.7) -> tuple[Verdict, str]:
-    """Whether detectability stays above ``bound`` at every sigma with successes, decided on the
-    95% intervals (holds: every lower bound above it; does not hold: some upper bound below it),
-    and the wording of it with the numbers that decided it."""
+    """Whether detectability stays above ``bound`` at every sigma with at least
+    :data:`MIN_PAIRS` successes, decided on the 95% intervals (holds: every lower bound above it;
+    does not hold: some upper bound below it), and the wording of it with the numbers that decided it."""
     kept = [r for r in rows if r.detectability is not None]
-    if not kept:
-        return "inconclusive", "finding inconclusive: no successful examples"
-    result = _combined([verdict(_interval(r), bound) for r in kept])
-    low = min(kept, key=_det)
+    judged = [r for r in kept if r.n_successful >= MIN_PAIRS]
     listed = ", ".join(f"σ={r.sigma:g}: {_det(r):.3f}{_ci(r.interval)} (n={r.n_successful})" for r in kept)
-    decided = _decided([(f"σ={r.sigma:g}", _interval(r)) for r in kept], bound, result)
+    if not judged:
+        why = (
+            "no successful examples"
+            if not kept
+            else f"fewer than {MIN_PAIRS} successful examples at every sigma"
+        )
+        return "inconclusive", f"finding inconclusive ({why}): {listed or 'none'}"
+    result = _combined([verdict(_interval(r), bound) for r in judged])
+    low = min(judged, key=_det)
+    decided = _decided([(f"σ={r.sigma:g}", _interval(r)) for r in judged], bound, result)
+    skipped = [f"σ={r.sigma:g}" for r in kept if r.n_successful < MIN_PAIRS]
+    if skipped:
+        decided += f"; not judged (fewer than {MIN_PAIRS} successful examples): {', '.join(skipped)}"
     return result, (
         f"finding {result} (lowest detectability {_det(low):.3f}{_ci(low.interval)} at σ={low.sigma:g}; "
         f"{decided}): {listed}"
