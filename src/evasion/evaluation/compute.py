@@ -240,7 +240,7 @@ def _call(
     if init is None and isinstance(attack, RandomStarting) and attack.random_start and math.isfinite(epsilon):
         full = _threat(model, spec, epsilon, batch.mask)
         lower, upper = full.box_for(batch.x)
-        init = random_start(batch.x, epsilon, spec.norm, lower, upper, generator)[rows]
+        init = random_start(batch.x, epsilon, spec.norm, lower, upper, generator, radius="uniform")[rows]
     result = attack(
         model, batch.x[rows], batch.y[rows], threat=threat, target=target, generator=generator, init=init
     )
