@@ -58,6 +58,7 @@ from evasion.evaluation.sensitivity import (
     perturb,
     worst_case_perturbation,
 )
+from evasion.experiments.icub import pick_round_robin
 from evasion.models import zoo
 from evasion.models.architectures.efficientnet_lite import LITE0_STAGES, EfficientNetLite
 from evasion.models.architectures.resnet_cifar import resnet32_cifar
@@ -106,16 +107,8 @@ def _load() -> list[float]:
 
 
 def _pick(y: Tensor, rows: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` of ``rows``, round robin over the classes in a seeded order."""
-    rng = np.random.default_rng(seed)
-    labels = y[rows].numpy()
-    queues = [list(rng.permutation(rows[labels == c])) for c in rng.permutation(np.unique(labels))]
-    out: list[int] = []
-    while len(out) < min(n, len(rows)):
-        for q in queues:
-            if q and len(out) < n:
-                out.append(int(q.pop()))
-    return np.asarray(sorted(out), dtype=np.int64)
+    """``n`` of ``rows``, round robin over the classes present, in a seeded order."""
+    return pick_round_robin(y, rows, n, seed, np.unique(y[rows].numpy()))
 
 
 def _resized(ds: Dataset, size: int, mode: str) -> Dataset:

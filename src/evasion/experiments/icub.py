@@ -75,6 +75,7 @@ __all__ = [
     "Settings",
     "SplitModels",
     "attack_network",
+    "pick_round_robin",
     "run_experiment",
     "session_scores",
 ]
@@ -151,15 +152,7 @@ class SplitModels:
 
     def pick(self, rows: np.ndarray, n: int, seed: int) -> np.ndarray:
         """``n`` of ``rows``, spread over the classes (round robin in a seeded order)."""
-        rng = np.random.default_rng(seed)
-        y = self.data.y[rows].numpy()
-        queues = [list(rng.permutation(rows[y == c])) for c in rng.permutation(len(self.data.classes))]
-        out: list[int] = []
-        while len(out) < min(n, len(rows)):
-            for q in queues:
-                if q and len(out) < n:
-                    out.append(int(q.pop()))
-        return np.asarray(sorted(out), dtype=np.int64)
+        return pick_round_robin(self.data.y, rows, n, seed, len(self.data.classes))
 
     def attacked(self, n: int, seed: int, train: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """``n`` test (or training) images, their labels and error-specific targets."""
@@ -168,6 +161,20 @@ class SplitModels:
         c = len(self.data.classes)
         target = torch.where(y == self.target, (self.target + 1) % c, torch.full_like(y, self.target))
         return self.data.x[rows], y, target
+
+
+def pick_round_robin(y: Tensor, rows: np.ndarray, n: int, seed: int, classes: int | np.ndarray) -> np.ndarray:
+    """``n`` of ``rows`` (sorted), taken round robin over ``classes`` (a count or the labels) in a
+    seeded order, so every class is represented as evenly as ``rows`` allow."""
+    rng = np.random.default_rng(seed)
+    labels = y[rows].numpy()
+    queues = [list(rng.permutation(rows[labels == c])) for c in rng.permutation(classes)]
+    out: list[int] = []
+    while len(out) < min(n, len(rows)):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(int(q.pop()))
+    return np.asarray(sorted(out), dtype=np.int64)
 
 
 def run_experiment(settings: Settings, log: Callable[[str], None] = lambda _: None) -> IcubResults:
