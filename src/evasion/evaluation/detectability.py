@@ -11,6 +11,12 @@ share of adversarial examples caught when only 5% of clean inputs are flagged).
 For dynamic adversaries (Sect. 4.1.2) an adversarial example that does not fool the classifier
 is ignored, with its clean original: ``keep`` selects the pairs that count.
 
+**Pairs.** A record keeps which clean input and which adversarial example the detector flagged
+(one entry per pair, in test order): :meth:`Detectability.pair_scores` gives each pair's share of
+the accuracy, so a bootstrap can resample *test images* with an image and its adversarial example
+as one row (:mod:`evasion.evaluation.bootstrap`); a :class:`DetectabilityMatrix` holds such a
+record per cell, and its ``intervals`` once computed.
+
 **Which threshold.** A deployed system (:class:`~evasion.defenses.DetectedClassifier`) rejects
 above *its* threshold, often far below 0.5 (one set for a 5% false-positive rate): given the
 system, :func:`detectability` scores at that threshold, the one users face. A bare
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -38,6 +45,7 @@ from ..defenses.detector import Detector, threshold_for_fpr
 from ..errors import ConfigError, InputError
 from ..models.classifier import REJECT, Classifier
 from ..threat_model import Norm, ThreatModel
+from .bootstrap import Interval
 
 __all__ = [
     "Detectability",
@@ -45,6 +53,7 @@ __all__ = [
     "NoiseBaseline",
     "detectability",
     "detectability_from_scores",
+    "flags_to_dict",
     "generalisation_matrix",
     "noise_baseline",
 ]
@@ -63,6 +72,20 @@ class Detectability:
     n_clean: int
     n_adversarial: int
     threshold: float = 0.5
+    #: per input, in test order: the detector flags the clean input / the adversarial example
+    clean_flagged: npt.NDArray[np.bool_] | None = field(default=None, compare=False, repr=False)
+    adv_flagged: npt.NDArray[np.bool_] | None = field(default=None, compare=False, repr=False)
+
+    def pair_scores(self) -> npt.NDArray[np.float64] | None:
+        """Per pair: (clean input not flagged + its adversarial example flagged) / 2.
+
+        Their mean is :attr:`accuracy` (the balanced joint set of footnote 3); ``None`` when the
+        flags were not kept or the clean and adversarial inputs are not paired (sizes differ)."""
+        if self.clean_flagged is None or self.adv_flagged is None:
+            return None
+        if len(self.clean_flagged) != len(self.adv_flagged):
+            return None
+        return ((~self.clean_flagged).astype(float) + self.adv_flagged.astype(float)) / 2.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +148,8 @@ def detectability_from_scores(
         n_clean=int(pc.numel()),
         n_adversarial=int(pa.numel()),
         threshold=threshold,
+        clean_flagged=(pc > threshold).numpy(),
+        adv_flagged=(pa > threshold).numpy(),
     )
 
 
@@ -173,18 +198,51 @@ def detectability(
     )
 
 
+def _bits(values: npt.NDArray[np.bool_]) -> str:
+    """A boolean vector as a string of 0/1, one character per input (compact in JSON)."""
+    return "".join("1" if v else "0" for v in np.asarray(values, dtype=bool))
+
+
+def flags_to_dict(d: Detectability) -> dict[str, str] | None:
+    """The per-input flags of a record as 0/1 strings (JSON), or ``None`` where none were kept."""
+    if d.clean_flagged is None or d.adv_flagged is None:
+        return None
+    return {"clean_flagged": _bits(d.clean_flagged), "adversarial_flagged": _bits(d.adv_flagged)}
+
+
 @dataclass(frozen=True)
 class DetectabilityMatrix:
-    """Detectability of detectors trained on one setting (rows) tested on another (columns)."""
+    """Detectability of detectors trained on one setting (rows) tested on another (columns).
+
+    ``details``: the record of each cell (with its per-pair flags); ``intervals``: where
+    computed (e.g. by the detector reproduction), a 95% bootstrap interval per cell over the test
+    images, same shape as ``values``.
+    """
 
     rows: list[str]
     columns: list[str]
     values: list[list[float]]
     title: str = ""
     details: list[list[Detectability]] = field(default_factory=list, compare=False, repr=False)
+    intervals: list[list[Interval]] = field(default_factory=list, compare=False)
+
+    def pair_scores(self, row: int, column: int) -> npt.NDArray[np.float64] | None:
+        """The per-pair scores of one cell (their mean is its value), ``None`` without them."""
+        if not self.details:
+            return None
+        return self.details[row][column].pair_scores()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "rows": self.rows, "columns": self.columns, "values": self.values}
+        """Title, labels and values (as always); ``intervals`` (one Interval dict per cell) and
+        ``outcomes`` (each cell's per-input flags as 0/1 strings) where present."""
+        out: dict[str, Any] = {"title": self.title, "rows": self.rows, "columns": self.columns}
+        out["values"] = self.values
+        if self.intervals:
+            out["intervals"] = [[iv.to_dict() for iv in row] for row in self.intervals]
+        flags = [[flags_to_dict(d) for d in row] for row in self.details]
+        if flags and all(f is not None for row in flags for f in row):
+            out["outcomes"] = flags
+        return out
 
 
 def generalisation_matrix(

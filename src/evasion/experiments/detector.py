@@ -488,15 +488,17 @@ def depth_phase(st: State, advs: list[Adversary], star: dict[str, float]) -> Dep
     layers, test = st.settings.layers, st.splits["test"]
     task = st.bar.add("attachment depth", len(advs) * len(layers))
     table: dict[str, dict[str, float]] = {}
+    details: dict[str, dict[str, Detectability]] = {}
     for adv in advs:
         eps = star[adv.key]
         adv_x = st.adversarial[(adv.key, eps)]["test"]
-        table[adv.key] = {}
+        table[adv.key], details[adv.key] = {}, {}
         for layer in layers:
             det = _train(st, adv, eps, layer)
-            table[adv.key][layer] = detectability(det, test.x, adv_x).accuracy
+            record = detectability(det, test.x, adv_x)  # keeps its per-pair flags (intervals)
+            table[adv.key][layer], details[adv.key][layer] = record.accuracy, record
             st.bar.advance(task)
-    return DepthTable(tuple(layers), table)
+    return DepthTable(tuple(layers), table, details)
 
 
 def generalisation_phase(

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from torch import Tensor
 from ..defenses.detector_training import TrainingLog
 from ..evaluation.bootstrap import Interval, Verdict, bootstrap, bootstrap_columns
 from ..evaluation.curves import CORRECT, MISCLASSIFIED, REJECTED, SecurityCurve
-from ..evaluation.detectability import Detectability, DetectabilityMatrix
+from ..evaluation.detectability import Detectability, DetectabilityMatrix, flags_to_dict
 
 __all__ = [
     "AcceptanceItem",
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "StaticRow",
     "SweepRow",
+    "matrix_difference",
     "with_intervals",
 ]
 
@@ -181,16 +183,30 @@ class StaticRow:
 
 @dataclass(frozen=True)
 class DepthTable:
-    """Fig. 2 right: detectability per adversary (key) and attachment layer, at epsilon*."""
+    """Fig. 2 right: detectability per adversary (key) and attachment layer, at epsilon*.
+
+    ``details``: each cell's record (with its per-pair flags); ``intervals``: the 95% bootstrap
+    interval of each cell (see :func:`with_intervals`), keyed like ``detectability``.
+    """
 
     layers: tuple[str, ...]
     detectability: dict[str, dict[str, float]]
+    details: dict[str, dict[str, Detectability]] = field(default_factory=dict, compare=False, repr=False)
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "layers": list(self.layers),
             "detectability": {k: dict(v) for k, v in self.detectability.items()},
         }
+        if self.intervals:
+            out["intervals"] = {
+                k: {layer: iv.to_dict() for layer, iv in row.items()} for k, row in self.intervals.items()
+            }
+        flags = {k: {layer: flags_to_dict(d) for layer, d in row.items()} for k, row in self.details.items()}
+        if flags and all(f is not None for row in flags.values() for f in row.values()):
+            out["outcomes"] = flags
+        return out
 
 
 @dataclass(frozen=True)
@@ -547,6 +563,62 @@ def _paired_differences(curves: CurvesResult, resamples: int, seed: int) -> dict
     return out
 
 
+def _scores_interval(d: Detectability | None, resamples: int, seed: int) -> Interval | None:
+    scores = None if d is None else d.pair_scores()
+    if scores is None or len(scores) == 0:
+        return None
+    return bootstrap(_mean, scores, resamples=resamples, seed=seed)
+
+
+def _matrix_intervals(m: DetectabilityMatrix, resamples: int, seed: int) -> DetectabilityMatrix:
+    """``m`` with the interval of every cell (the same test images resampled for every cell);
+    unchanged where some cell has no per-pair flags."""
+    ivs = [[_scores_interval(d, resamples, seed) for d in row] for row in m.details]
+    if not ivs or any(iv is None for row in ivs for iv in row):
+        return m
+    return replace(m, intervals=[[iv for iv in row if iv is not None] for row in ivs])
+
+
+def _depth_intervals(t: DepthTable, resamples: int, seed: int) -> DepthTable:
+    ivs = {
+        k: {layer: _scores_interval(d, resamples, seed) for layer, d in row.items()}
+        for k, row in t.details.items()
+    }
+    if not ivs or any(iv is None for row in ivs.values() for iv in row.values()):
+        return t
+    return replace(
+        t, intervals={k: {la: iv for la, iv in row.items() if iv is not None} for k, row in ivs.items()}
+    )
+
+
+def matrix_difference(
+    m: DetectabilityMatrix,
+    plus: Sequence[tuple[int, int]],
+    minus: Sequence[tuple[int, int]],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Interval | None:
+    """Paired 95% interval of (mean of the ``plus`` cells) - (mean of the ``minus`` cells).
+
+    Every cell of a generalisation matrix is measured on the same test images (each with its
+    adversarial example of the column's setting), so an image is one row carrying its score in
+    every cell: resampling images keeps the comparison paired. ``None`` where a cell has no
+    per-pair scores or the cells hold different images (sizes differ)."""
+    if not plus or not minus:
+        return None
+    cols = [m.pair_scores(i, j) for i, j in (*plus, *minus)]
+    if any(c is None for c in cols):
+        return None
+    arrays = [c for c in cols if c is not None]
+    if len({len(a) for a in arrays}) != 1 or len(arrays[0]) == 0:
+        return None
+    table = np.stack(arrays, axis=1)
+    k = len(plus)
+    per_image = table[:, :k].mean(axis=1) - table[:, k:].mean(axis=1)
+    return bootstrap(_mean, per_image, resamples=resamples, seed=seed)
+
+
 def with_intervals(results: DetectorResults) -> DetectorResults:
     """``results`` with a 95% bootstrap interval beside every detectability, evasion rate and curve.
 
@@ -554,7 +626,9 @@ def with_intervals(results: DetectorResults) -> DetectorResults:
     an image and its adversarial example stay one row, so detectability (a balanced accuracy over
     clean and adversarial inputs) keeps its pairing; a dynamic adversary's detectability counts the
     resampled images whose example fooled the classifier; curve bands and AUCs resample whole
-    per-image curves. Rows without per-image outcomes keep no interval.
+    per-image curves. Every cell of the generalisation matrices (Figs. 3 and 4) and of the
+    attachment-depth table gets the interval of its paired per-image scores (same resamples in
+    every cell). Rows and cells without per-image outcomes keep no interval.
     """
     n, seed = results.settings.resamples, results.settings.seed
     static = []
@@ -578,4 +652,12 @@ def with_intervals(results: DetectorResults) -> DetectorResults:
     }
     cv = replace(cv, models=models)
     cv = replace(cv, differences=_paired_differences(cv, n, seed))
-    return replace(results, static=tuple(static), dynamic=dyn, curves=cv)
+    return replace(
+        results,
+        static=tuple(static),
+        depth=_depth_intervals(results.depth, n, seed),
+        fig3={k: _matrix_intervals(m, n, seed) for k, m in results.fig3.items()},
+        fig4=_matrix_intervals(results.fig4, n, seed),
+        dynamic=dyn,
+        curves=cv,
+    )

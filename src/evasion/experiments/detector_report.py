@@ -28,6 +28,7 @@ from .detector_records import (
     Settings,
     StaticRow,
     SweepRow,
+    matrix_difference,
 )
 
 __all__ = ["acceptance", "interpretation", "render", "worst_sigma"]
@@ -227,6 +228,18 @@ def _interval_check(results: DetectorResults) -> AcceptanceItem:
                 pairs.append((f"{name} σ={sr.sigma:g} detectability", _det(sr), sr.interval))
             if sr.evasion_rate is not None:
                 pairs.append((f"{name} σ={sr.sigma:g} evasion", sr.evasion_rate, sr.evasion_interval))
+    matrices = [(f"Fig. 3 {k}", mat) for k, mat in results.fig3.items()] + [("Fig. 4", results.fig4)]
+    for name, mat in matrices:
+        for i, cells in enumerate(mat.intervals):
+            pairs += [
+                (f"{name} {mat.rows[i]} -> {mat.columns[j]}", mat.values[i][j], iv)
+                for j, iv in enumerate(cells)
+            ]
+    depth = results.depth
+    for key, by_layer in depth.intervals.items():
+        pairs += [
+            (f"depth {key} {layer}", depth.detectability[key][layer], iv) for layer, iv in by_layer.items()
+        ]
     for m, cs in results.curves.models.items():
         for a, c in cs.items():
             pairs.append((f"{m} / {a} AUC", c.auc, c.auc_interval))
@@ -297,8 +310,11 @@ def _static_findings(results: DetectorResults) -> list[Finding]:
     if mono:
         text = f"Larger epsilon, higher detectability: non-decreasing for {sum(mono)} of {len(mono)} adversaries."
         out.append((text, _judged(all(mono))))
-    depth = results.depth.detectability
-    best = ", ".join(f"{k}: {max(row, key=lambda layer: row[layer])}" for k, row in depth.items())
+    depth, ivs = results.depth.detectability, results.depth.intervals
+    best_of = {k: max(row, key=lambda layer: row[layer]) for k, row in depth.items()}
+    best = ", ".join(
+        f"{k}: {layer} {depth[k][layer]:.3f}{_ci(ivs.get(k, {}).get(layer))}" for k, layer in best_of.items()
+    )
     out.append(
         (
             f"Best attachment layer: {best} (paper: a middle layer for Fast/Iterative, the deepest for DeepFool).",
@@ -308,20 +324,54 @@ def _static_findings(results: DetectorResults) -> list[Finding]:
     return out
 
 
+def _paired(diff: Interval | None) -> str:
+    """``; paired difference +d [low, high]`` of an interval, or nothing where none was measured."""
+    if diff is None:
+        return ""
+    return f"; paired difference {diff.estimate:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] (95%, same test images)"
+
+
+def _cell(m: DetectabilityMatrix, i: int, j: int) -> Interval | None:
+    return m.intervals[i][j] if m.intervals else None
+
+
 def _generalisation_findings(results: DetectorResults) -> list[Finding]:
+    """Figs. 3 and 4, each comparison decided on the paired interval of its difference (an
+    image carries its score in every cell) and each bound on the cells' intervals; on point
+    estimates only where no per-image outcomes were kept."""
     out: list[Finding] = []
+    n, seed = results.settings.resamples, results.settings.seed
     for m in results.fig3.values():
         up, lo = _upper_lower(m.values)
+        k = len(m.rows)
+        upper = [(i, j) for i in range(k) for j in range(k) if i < j]
+        lower = [(i, j) for i in range(k) for j in range(k) if i > j]
+        diff = matrix_difference(m, upper, lower, resamples=n, seed=seed)
         text = (
-            f"{m.title}: trained on a small epsilon, tested on larger ones {up:.3f}; large to small {lo:.3f}."
+            f"{m.title}: trained on a small epsilon, tested on larger ones {up:.3f}; large to small {lo:.3f}"
+            f"{_paired(diff)}."
         )
-        out.append((text + " (paper: small -> large generalises, not the reverse)", _judged(up >= lo)))
+        result = verdict(diff, 0.0) if diff is not None else _judged(up >= lo)
+        out.append((text + " (paper: small -> large generalises, not the reverse)", result))
     f4 = results.fig4
-    idx, v = {n: i for i, n in enumerate(f4.rows)}, f4.values
+    idx, v = {name: i for i, name in enumerate(f4.rows)}, f4.values
     if {"Fast", "Iterative ℓ∞", "Iterative ℓ2"} <= set(idx):
         fast, it, l2 = idx["Fast"], idx["Iterative ℓ∞"], idx["Iterative ℓ2"]
-        out.append((f"Iterative -> Fast generalises ({v[it][fast]:.3f}) better than Fast -> Iterative ({v[fast][it]:.3f}).", _judged(v[it][fast] >= v[fast][it])))  # fmt: skip
-        out.append((f"Detectors generalise between the ℓ∞ and ℓ2 iterative adversaries ({v[it][l2]:.3f}, {v[l2][it]:.3f}).", _judged(min(v[it][l2], v[l2][it]) >= 0.8)))  # fmt: skip
+        diff = matrix_difference(f4, [(it, fast)], [(fast, it)], resamples=n, seed=seed)
+        text = (
+            f"Iterative -> Fast generalises ({v[it][fast]:.3f}{_ci(_cell(f4, it, fast))}) better than "
+            f"Fast -> Iterative ({v[fast][it]:.3f}{_ci(_cell(f4, fast, it))}){_paired(diff)}."
+        )
+        out.append((text, verdict(diff, 0.0) if diff is not None else _judged(v[it][fast] >= v[fast][it])))
+        cells = [(it, l2), (l2, it)]
+        ivs = [_cell(f4, i, j) for i, j in cells]
+        shown = ", ".join(f"{v[i][j]:.3f}{_ci(iv)}" for (i, j), iv in zip(cells, ivs))
+        text = (
+            f"Detectors generalise between the ℓ∞ and ℓ2 iterative adversaries ({shown}; judged against 0.8)."
+        )
+        judged = [verdict(iv, 0.8) for iv in ivs if iv is not None]
+        result = _combined(judged) if len(judged) == 2 else _judged(min(v[it][l2], v[l2][it]) >= 0.8)
+        out.append((text, result))
     return out
 
 
@@ -405,15 +455,19 @@ def _fig_depth(results: DetectorResults) -> str:
     depth = results.depth
     fig, ax = figure(6.0, 3.6)
     for key, row in depth.detectability.items():
-        ax.plot(
-            list(depth.layers),
-            [row[layer] for layer in depth.layers],
-            "o-",
-            color=_COLOURS.get(key),
-            label=key,
+        ys = [row[layer] for layer in depth.layers]
+        ivs = depth.intervals.get(key, {})
+        yerr = None
+        if all(layer in ivs for layer in depth.layers):
+            yerr = [
+                [max(0.0, y - ivs[layer].low) for y, layer in zip(ys, depth.layers)],
+                [max(0.0, ivs[layer].high - y) for y, layer in zip(ys, depth.layers)],
+            ]
+        ax.errorbar(
+            list(depth.layers), ys, yerr=yerr, fmt="o-", color=_COLOURS.get(key), label=key, capsize=2
         )
     ax.set_xlabel("attachment layer (shallow -> deep)")
-    ax.set_ylabel("detectability")
+    ax.set_ylabel("detectability (95% interval)" if depth.intervals else "detectability")
     ax.set_ylim(0.45, 1.02)
     ax.legend(fontsize=8)
     return to_svg(fig)
@@ -536,6 +590,44 @@ def _curve_bands(ax: Any, units: Sequence[float], c: CurveSummary) -> None:
 
 
 # -- page ------------------------------------------------------------------------------------
+def _with_ci(value: float, iv: Interval | None) -> str:
+    """``0.973 [0.961, 0.984]``, or the value alone where no interval was measured."""
+    return f"{value:.3f}{_ci(iv)}"
+
+
+def _matrix_table(page: Page, m: DetectabilityMatrix, corner: str) -> None:
+    """The matrix's cells with their 95% intervals (rows: trained on; columns: tested on)."""
+    rows = [
+        [name, *(_with_ci(val, _cell(m, i, j)) for j, val in enumerate(m.values[i]))]
+        for i, name in enumerate(m.rows)
+    ]
+    page.table([corner, *m.columns], rows)
+
+
+def _depth_table(page: Page, results: DetectorResults) -> None:
+    depth = results.depth
+    rows = [
+        [key, *(_with_ci(row[layer], depth.intervals.get(key, {}).get(layer)) for layer in depth.layers)]
+        for key, row in depth.detectability.items()
+    ]
+    page.table(["adversary", *depth.layers], rows)
+
+
+def _generalisation(page: Page, results: DetectorResults) -> None:
+    page.section("Generalisation across epsilon (Fig. 3) and across adversaries (Fig. 4)", "generalisation")
+    cells = "Cells: detectability [95% interval over the test images]."
+    if results.fig3:
+        page.svg(_fig_fig3(results), "Trained at epsilon_fit (rows), tested at epsilon_test (columns).")
+        for m in results.fig3.values():
+            page.heading(f"Fig. 3, {m.title}: epsilon_fit (rows) x epsilon_test (columns)")
+            page.paragraph(cells)
+            _matrix_table(page, m, "epsilon_fit")
+    page.svg(_fig_fig4(results), "Trained on one adversary (rows), tested on another (columns), at epsilon*.")
+    page.heading("Fig. 4: trained on (rows) x tested on (columns), at epsilon*")
+    page.paragraph(cells)
+    _matrix_table(page, results.fig4, "trained on")
+
+
 def _static_table(page: Page, results: DetectorResults) -> None:
     rows = [
         [
@@ -708,9 +800,10 @@ def _setup(results: DetectorResults) -> list[str]:
         f"Uncertainty: 95% percentile bootstrap intervals over the test images ({s.resamples} resamples, seed "
         f"{s.seed}). An image and its adversarial example are resampled together (detectability is a balanced "
         "accuracy over both); a dynamic adversary's detectability counts the resampled images whose example fools "
-        "the classifier; curves resample whole per-image curves. A finding holds when its whole interval lies on "
-        "the paper's side of the bound, does not hold when it lies wholly on the other side, and is inconclusive "
-        "otherwise.",
+        "the classifier; curves resample whole per-image curves; every cell of the depth table and of the "
+        "generalisation matrices (Figs. 3, 4) resamples the same images, so a comparison of two cells is paired. "
+        "A finding holds when its whole interval lies on the paper's side of the bound, does not hold when it "
+        "lies wholly on the other side, and is inconclusive otherwise.",
         "Threshold-aware dynamic adversary (beside Fig. 5 and in the security curves): the hinge objective against "
         "the detector's deployed threshold (5% validation FPR) instead of the paper's cross-entropy towards "
         "p_adv = 0; its detectability is scored at that threshold.",
@@ -773,11 +866,12 @@ def render(results: DetectorResults, seconds: float = 0.0) -> Page:
     page.svg(_fig_static(results), "Detectability vs. classifier accuracy (labels: epsilon in paper units).")
     _static_table(page, results)
     page.section("Attachment depth (Fig. 2 right)", "depth")
-    page.svg(_fig_depth(results), "Detectability per attachment layer at each adversary's epsilon*.")
-    page.section("Generalisation across epsilon (Fig. 3) and across adversaries (Fig. 4)", "generalisation")
-    if results.fig3:
-        page.svg(_fig_fig3(results), "Trained at epsilon_fit (rows), tested at epsilon_test (columns).")
-    page.svg(_fig_fig4(results), "Trained on one adversary (rows), tested on another (columns), at epsilon*.")
+    page.svg(
+        _fig_depth(results),
+        "Detectability per attachment layer at each adversary's epsilon* (bars: 95% intervals over the test images).",
+    )
+    _depth_table(page, results)
+    _generalisation(page, results)
     page.section("Dynamic adversaries and dynamic adversary training (Fig. 5)", "dynamic")
     page.svg(
         _fig_dynamic(results),
