@@ -139,9 +139,17 @@ def main() -> int:
             result["models"][name] = bench(name, batch, args.repeats)
         except Exception as exc:  # keep the other models' numbers
             result["models"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        result["models"][name]["load_average"] = [round(v, 2) for v in os.getloadavg()]
         print(name, json.dumps(result["models"][name]), flush=True)
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
+    old = args.out / "compile.json"
+    if old.exists():  # keep the rows of the models not measured this time (each with its own load)
+        kept = json.loads(old.read_text()).get("models", {})
+        result["models"] = {
+            **{k: v for k, v in kept.items() if k not in result["models"]},
+            **result["models"],
+        }
     (args.out / "compile.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "compile.md").write_text(render(result))
     print(render(result))

@@ -36,11 +36,15 @@ def run(experiment: str, quick: bool, out: Path, extra: list[str]) -> dict[str, 
     cmd += (["--quick"] if quick else []) + (["--quiet"] if experiment in QUIET else []) + extra
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before, t0 = _load(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # progress as it comes (the log of a long run), and kept
+            lines.append(line.rstrip("\n"))
+            print(line, end="", flush=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}")
     results_file = out / RESULT_FILES[experiment]
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -52,7 +56,7 @@ def run(experiment: str, quick: bool, out: Path, extra: list[str]) -> dict[str, 
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": _load(),
-        "stdout": proc.stdout.strip().splitlines()[-20:],
+        "stdout": lines[-40:],
         "results": results,
     }
 
@@ -76,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         f"peak {record['peak_rss_mib']:.0f} MiB (load {record['load_average_before']} -> "
         f"{record['load_average_after']})"
     )
-    print("\n".join(record["stdout"]))
     return 0
 
 

@@ -279,3 +279,27 @@ def test_attacking_once_for_both_thresholds_would_be_wrong():
     flat = MaxConfidenceObjective()(ThresholdReject(clf, 0.0), scores, y, None).total
     strict = MaxConfidenceObjective()(ThresholdReject(clf, [0.3, 0.6, 0.0]), scores, y, None).total
     assert not torch.allclose(flat, strict)
+
+
+@pytest.mark.parametrize("size", [32, 33])
+def test_attack_network_of_efficientnet_lite_is_the_same_function_at_even_and_odd_sizes(size):
+    """The strided TF-'same' convolutions lose their pad copy (a grown kernel with symmetric
+    padding on even sizes); values and input gradients stay those of the original network."""
+    from evasion.models.architectures.efficientnet_lite import EfficientNetLite, FeatureExtractor
+
+    torch.manual_seed(0)
+    net = EfficientNetLite(num_classes=4)
+    for m in net.modules():  # non-trivial running statistics, so the folding is exercised too
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    extractor = FeatureExtractor(net).eval()
+    x = torch.rand(2, 3, size, size)
+    fast, diff = icub.attack_network(extractor, x)
+    assert fast is not extractor and diff < 1e-4
+    assert sum(isinstance(m, icub._PaddedConv) for m in fast.modules()) == 5  # the stem + 4 strided blocks
+    grads = []
+    for model in (extractor, fast):
+        xr = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(model(xr).square().sum(), xr)[0])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5 * float(grads[0].abs().max()))

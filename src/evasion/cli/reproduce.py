@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -179,6 +180,18 @@ def _icub_arguments(parser: argparse.ArgumentParser) -> None:
         "(20 with --quick); Fig. 5 on day4. On 2 CPU cores: the icub-sim run time plus roughly "
         "10-15 min (estimate; features are cached after the first run), about 4 GB of memory",
     )
+    _jobs_argument(parser)
+
+
+def _jobs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        metavar="N",
+        default=None,
+        help="worker processes that attack the session splits (Fig. 6) side by side, one torch thread "
+        "each; the numbers do not depend on it (default: the torch threads, i.e. --threads, so 2 on a "
+        "2-core machine; 1 attacks in this process)",
+    )
 
 
 def _size(args: argparse.Namespace, key: str, default: int, maximum: int | None = None) -> int:
@@ -189,6 +202,8 @@ def _size(args: argparse.Namespace, key: str, default: int, maximum: int | None 
 
 def _run_icub(args: argparse.Namespace) -> int:
     """Run the iCub pipeline, write icub-results.json and icub-report.html, print the findings."""
+    import torch
+
     from ..experiments import icub
     from ..experiments.icub_report import acceptance, findings, interpret, render
 
@@ -201,6 +216,11 @@ def _run_icub(args: argparse.Namespace) -> int:
         splits=_size(args, "splits", base.splits, maximum=4),
         calibrate=args.calibrate,
     )
+    jobs = (
+        torch.get_num_threads()
+        if args.jobs is None
+        else integer(args.jobs, "--jobs", minimum=1, maximum=os.cpu_count() or 1)
+    )
     if args.data is not None:  # the real release: its layout checked before any computation
         from ..datasets import icubworld28
 
@@ -208,7 +228,7 @@ def _run_icub(args: argparse.Namespace) -> int:
         settings = replace(settings, data=str(args.data), data_per_class=per_class)
         icubworld28.ReleaseSource.for_run(str(args.data), per_class, settings.splits).check()
     out = args.out or Path("runs") / ("icub-quick" if args.quick else "icub")
-    results = icub.run_experiment(settings, log=print)
+    results = icub.run_experiment(settings, log=print, jobs=jobs)
     lines = interpret(results)
     data = {**results.to_dict(), "acceptance": acceptance(results).to_dict(), "interpretation": lines}
     out.mkdir(parents=True, exist_ok=True)
