@@ -50,6 +50,7 @@ from ..models.heads import (
     one_vs_all_cv,
     out_of_fold_scores,
 )
+from ..runtime import keep_freed_memory
 from ..threat_model import ThreatModel
 from .icub_records import (
     CALIBRATIONS,
@@ -668,37 +669,35 @@ def _split_facts(fitted: SplitModels, job: SplitJob, done: SplitRun) -> SplitFac
     )
 
 
-def _worker_threads() -> None:
+#: whether this worker process keeps freed memory (:func:`~evasion.runtime.keep_freed_memory`)
+WORKER_ALLOCATOR: bool | None = None
+
+
+def _worker_start() -> None:
+    """One torch thread, and freed activation buffers kept for reuse: without it every
+    forward+backward of EfficientNet-Lite0 page-faults its memory anew (~4,800 minor faults);
+    measured 6% less CPU per split (benchmarks/results/icub_reproduce.md)."""
+    global WORKER_ALLOCATOR
     torch.set_num_threads(1)
+    WORKER_ALLOCATOR = keep_freed_memory()
 
 
-#: glibc malloc settings of the workers (read at process start; a variable the user set wins):
-#: keep freed activation buffers (tens of MB each) for reuse instead of handing them back to the
-#: OS, which made every forward+backward of EfficientNet-Lite0 page-fault its memory anew
-#: (~4,800 minor faults each); measured 6% less CPU per split (benchmarks/results/icub_reproduce.md)
-WORKER_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-    "MALLOC_TOP_PAD_": str(256 << 20),
-}
+def worker_allocator() -> bool | None:
+    """What :func:`_worker_start` applied in this process (None: not a worker)."""
+    return WORKER_ALLOCATOR
 
 
 @contextlib.contextmanager
 def _split_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes for the splits, one torch thread each (spawned: no forked thread pools),
-    started with :data:`WORKER_MALLOC` in their environment; shut down (pending jobs cancelled)
-    on the way out."""
-    added = {k: v for k, v in WORKER_MALLOC.items() if k not in os.environ}
-    os.environ.update(added)
+    """Worker processes for the splits (spawned: no forked thread pools; see :func:`_worker_start`),
+    shut down, pending jobs cancelled, on the way out."""
     pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start
     )
     try:
         yield pool
     finally:
         pool.shutdown(cancel_futures=True)
-        for k in added:
-            os.environ.pop(k, None)
 
 
 def _max_confidence(settings: Settings) -> MaxConfidence:
