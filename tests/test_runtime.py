@@ -165,7 +165,7 @@ def step():  # buffers of 8-16 MB allocated, written and freed in a mixed order,
     del a; d = torch.empty(2 << 20).fill_(3.0); return float(c[0] + d[0])
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(60):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -180,5 +180,6 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocated_tensors():
         return int(out.stdout.strip().splitlines()[-1])
 
     default, kept = faults("default"), faults("keep")
-    assert default > 20 * 4000  # glibc hands the blocks back: every step faults their pages anew
-    assert kept < default / 20
+    # kept: after the first step the 60 steps reuse the heap (at most ~2 blocks of 4 KB pages fault);
+    # glibc's own default faults more (how much depends on its adaptive threshold: 12,000-490,000 here)
+    assert kept <= 8192 < default or kept < default / 4
