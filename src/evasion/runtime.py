@@ -29,6 +29,7 @@ give identical tensors with 1 and 2 threads, and distributed workers copy the dr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -223,6 +224,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 ALLOCATOR_SETTINGS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 256 << 20}
 
 
+@functools.cache  # process-wide settings: applied once (find_library may run ldconfig)
 def keep_freed_memory() -> bool:
     """Let this process reuse freed tensor memory instead of handing it back to the OS (glibc).
 
