@@ -34,6 +34,7 @@ __all__ = [
     "CONFIGS",
     "LIBRARIES",
     "PEERS",
+    "TEXTBOOK",
     "AttackConfig",
     "Runner",
     "Score",
@@ -47,8 +48,11 @@ Runner = Callable[[Tensor, Tensor], Tensor]
 
 #: the peer libraries and the module each is imported as
 PEERS: dict[str, str] = {"torchattacks": "torchattacks", "foolbox": "foolbox", "art": "art"}
+#: a plain loop written here, outside every library's code path (FGSM and PGD only): the floor a
+#: loop with nothing but the attack's arithmetic reaches on this machine
+TEXTBOOK = "textbook"
 #: rows of the comparison: evasion with its defaults, evasion run to the end like the peers, peers
-LIBRARIES: tuple[str, ...] = ("evasion", "evasion-full", *PEERS)
+LIBRARIES: tuple[str, ...] = ("evasion", "evasion-full", TEXTBOOK, *PEERS)
 
 #: C&W budget: ``CW_SEARCH x CW_STEPS = 100`` gradient steps, from ``c = CW_CONST`` (see CONFIGS)
 CW_SEARCH, CW_STEPS, CW_CONST, CW_LR = 1, 100, 1.0, 0.01
@@ -178,6 +182,51 @@ def _torchattacks(cfg: AttackConfig, model: nn.Module) -> Runner | None:
     return run
 
 
+# -- textbook -----------------------------------------------------------------------------------
+def _textbook(cfg: AttackConfig, model: nn.Module) -> Runner | None:
+    """FGSM / PGD as the papers write them, without any library: random start (PGD), gradient of
+    the summed cross-entropy, sign (L∞) or unit-L2 step, then the ball and the [0, 1] box by
+    clamping (L2: rescale into the ball, then clamp, as torchattacks; not the exact projection).
+    Returns the last iterate, unchecked (the benchmark credits it with the one checking forward).
+    """
+    if not (cfg.key == "fgsm" or cfg.key.startswith("pgd")):
+        return None
+    eps, steps, alpha = cfg.epsilon, cfg.steps, cfg.step_size
+    linf = cfg.norm == "linf"
+
+    def grad(x_adv: Tensor, y: Tensor) -> Tensor:
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="sum")
+        return torch.autograd.grad(loss, x_adv)[0]
+
+    def into_ball(delta: Tensor) -> Tensor:
+        if linf:
+            return delta.clamp(-eps, eps)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+        return delta * (eps / norms).clamp(max=1.0)
+
+    def run(x: Tensor, y: Tensor) -> Tensor:
+        if cfg.key == "fgsm":
+            return (x + eps * grad(x, y).sign()).clamp(0.0, 1.0)
+        if linf:
+            delta = torch.empty_like(x).uniform_(-eps, eps)
+        else:  # a uniform direction, a radius uniform in [0, eps]
+            d = torch.randn_like(x)
+            r = torch.rand(x.shape[0], device=x.device).view(-1, *[1] * (x.dim() - 1))
+            delta = d / d.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1)) * r * eps
+        x_adv = (x + delta).clamp(0.0, 1.0)
+        for _ in range(steps):
+            g = grad(x_adv, y)
+            if linf:
+                step = g.sign()
+            else:
+                step = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
+            x_adv = (x + into_ball(x_adv + alpha * step - x)).clamp(0.0, 1.0)
+        return x_adv.detach()
+
+    return run
+
+
 # -- foolbox ------------------------------------------------------------------------------------
 def _foolbox(cfg: AttackConfig, model: nn.Module) -> Runner | None:
     import foolbox as fb
@@ -287,6 +336,8 @@ def make_runner(library: str, cfg: AttackConfig, model: nn.Module, batch_size: i
     """The runner of ``cfg`` in ``library`` (``None``: the library has no such attack)."""
     if library in ("evasion", "evasion-full"):
         return _evasion(cfg, model, full=library == "evasion-full")
+    if library == TEXTBOOK:
+        return _textbook(cfg, model)
     if library == "torchattacks":
         return _torchattacks(cfg, model)
     if library == "foolbox":
