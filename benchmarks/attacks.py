@@ -35,7 +35,7 @@ Timings on a shared machine are noisy: every repetition runs the libraries inter
 it, and the tables report medians over the repetitions. The machine's load average is recorded.
 
 The issue's limit is timed on the clean batch. The model's own speed depends on its input (on this
-CPU, mnist-cnn's forward+backward takes 4-10 % longer at points of the L∞ 0.1 ball than on the
+CPU, mnist-cnn's forward+backward takes 3-14 % longer at points of the L∞ 0.1 ball than on the
 clean digits, 80 % of whose pixels are exact zeros: :func:`input_dependence`, in the results), so
 an attack's loop cannot reach that limit however little it adds. Each library's
 ratio is therefore also given against the limit timed at *its own returned points* right after its
@@ -67,6 +67,7 @@ from torch import Tensor, nn
 import _peers  # the script's folder is on sys.path when run as `python benchmarks/attacks.py`
 import evasion
 from _peers import CONFIGS, LIBRARIES, Runner
+from evasion.perturbations import BallBox
 from evasion.runtime import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,6 +124,37 @@ def input_dependence(
     for k in ("uniform", "corner"):  # paired per round: the clean batch was timed right before
         out[f"{k}_over_clean"] = _median([a / b for a, b in zip(times[k], times["clean"])])
     out["clean_zero_fraction"] = float((x == 0).float().mean())
+    return out
+
+
+def l2_projection_cost(model: nn.Module, x: Tensor, y: Tensor, rounds: int = 21) -> dict[str, float]:
+    """Time of one exact L2 ball ∩ box projection (``perturbations.BallBox``, what evasion's PGD-L2
+    runs every step) against rescale-into-the-ball-then-clamp (torchattacks' step, not the
+    projection), on a real step's point: the textbook PGD-L2 10 endpoint plus one more step."""
+    cfg = CONFIGS["pgd-l2-10"]
+    run = _peers.make_runner(_peers.TEXTBOOK, cfg, model, len(y))
+    assert run is not None and cfg.step_size is not None
+    _peers.seed_everything(0)
+    xk = run(x, y).requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(xk), y, reduction="sum"), xk)
+    z = (xk + cfg.step_size * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)).detach()
+    ball = BallBox(x, cfg.epsilon, "l2", torch.zeros_like(x), torch.ones_like(x))
+
+    def rescale_clamp() -> Tensor:
+        d = z - x
+        n = d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return (x + d * (cfg.epsilon / n).clamp(max=1.0)).clamp(0.0, 1.0)
+
+    times: dict[str, list[float]] = {"exact": [], "rescale_clamp": []}
+    for _ in range(rounds):
+        for name, fn in (("exact", lambda: ball.project(z)), ("rescale_clamp", rescale_clamp)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    unit = limit_seconds(model, x, y, repeats=5)
+    out = {f"{k}_ms": 1e3 * _median(v) for k, v in times.items()}
+    out["exact_over_forward_backward"] = out["exact_ms"] / (1e3 * unit)
+    out["forward_backward_ms"] = 1e3 * unit
     return out
 
 
@@ -187,6 +219,8 @@ def run_benchmark(
         # warm-up: the model, then every runner on two images (first-call costs stay out of the timings)
         limit_seconds(model, x, y, repeats=5)
         report.setdefault("input_dependence", {})[str(batch)] = input_dependence(model, x, y)
+        if "pgd-l2-10" in attacks:
+            report.setdefault("l2_projection", {})[str(batch)] = l2_projection_cost(model, x, y)
         for run in runners.values():
             if run is not None:
                 _peers.seed_everything(0)
@@ -458,6 +492,22 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{d['corner_ms']:.1f} ms ({d['corner_over_clean']:.3f}x) |"
             )
         lines.append("")
+    projections = report.get("l2_projection") or {}
+    if projections:
+        lines += [
+            "PGD-L2's projection: one exact L2 ball ∩ box projection (evasion, every step) against "
+            "rescaling into the ball then clamping (torchattacks; not the projection onto the "
+            "intersection), at a real step's point, median of 21 rounds:",
+            "",
+            "| batch | exact | rescale + clamp | exact / forward+backward |",
+            "|---|---|---|---|",
+        ]
+        for batch, d in sorted(projections.items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| {batch} | {d['exact_ms']:.2f} ms | {d['rescale_clamp_ms']:.2f} ms | "
+                f"{100 * d['exact_over_forward_backward']:.1f}% of {d['forward_backward_ms']:.1f} ms |"
+            )
+        lines.append("")
     lines += ["## Goals", ""] + [f"- {g}" for g in goals(report)] + [""]
     loads = [f"{a['load'][0]:.1f}" for a in report["load_average"]]
     lines += [
@@ -493,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--input-dependence",
         action="store_true",
-        help="only time the model at clean vs perturbed inputs and add that to the saved attacks.json",
+        help="only time the model at clean vs perturbed inputs and the L2 projection, added to the saved attacks.json",
     )
     args = parser.parse_args(argv)
     if args.input_dependence:  # measure and add to the saved results, keep the rest
@@ -506,7 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, x, y = load_data(batch)
             limit_seconds(model, x, y, repeats=5)
             report.setdefault("input_dependence", {})[str(batch)] = input_dependence(model, x, y)
-            print(batch, report["input_dependence"][str(batch)], flush=True)
+            report.setdefault("l2_projection", {})[str(batch)] = l2_projection_cost(model, x, y)
+            print(
+                batch, report["input_dependence"][str(batch)], report["l2_projection"][str(batch)], flush=True
+            )
         path.write_text(json.dumps(report, indent=1, default=float) + "\n")
         (args.out / "attacks.md").write_text(markdown(report))
         return 0

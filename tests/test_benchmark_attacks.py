@@ -69,7 +69,9 @@ def test_the_benchmark_reports_ratios_from_its_own_timings(monkeypatch: pytest.M
     libs = ["evasion", "evasion-full", _peers.TEXTBOOK] + (
         ["torchattacks"] if _peers.peer_versions().get("torchattacks") else []
     )
-    report = bench.run_benchmark([8], ["fgsm", "pgd-linf-10"], libs, 2, 600.0, lambda s: None, lambda r: None)
+    report = bench.run_benchmark(
+        [8], ["fgsm", "pgd-linf-10", "pgd-l2-10"], libs, 2, 600.0, lambda s: None, lambda r: None
+    )
     rows = {(r["attack"], r["library"]): r for r in report["rows"]}
     for (key, lib), r in rows.items():
         assert r["available"], (key, lib)
@@ -93,7 +95,12 @@ def test_the_benchmark_reports_ratios_from_its_own_timings(monkeypatch: pytest.M
     assert all(
         dep[k] > 0 for k in ("clean_ms", "uniform_ms", "corner_ms", "uniform_over_clean", "corner_over_clean")
     )
+    proj = report["l2_projection"]["8"]
+    assert proj["exact_ms"] > 0 and proj["rescale_clamp_ms"] > 0
+    assert proj["exact_over_forward_backward"] == pytest.approx(
+        proj["exact_ms"] / proj["forward_backward_ms"]
+    )
     lines = bench.goals(report)
-    assert len(lines) == 2 and all("at the returned points" in line for line in lines)
+    assert len(lines) == 3 and all("at the returned points" in line for line in lines)
     text = bench.markdown(report)
     assert "textbook" in text and "returned points" in text and "corners" in text
