@@ -182,6 +182,13 @@ def _torchattacks(cfg: AttackConfig, model: nn.Module) -> Runner | None:
     return run
 
 
+def rescale_into_l2_ball(delta: Tensor, eps: float) -> Tensor:
+    """``delta`` scaled down to L2 norm ``eps`` per sample where it is longer (torchattacks' step;
+    followed by a clamp to the box it is not the projection onto ball ∩ box)."""
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+    return delta * (eps / norms).clamp(max=1.0)
+
+
 # -- textbook -----------------------------------------------------------------------------------
 def _textbook(cfg: AttackConfig, model: nn.Module) -> Runner | None:
     """FGSM / PGD as the papers write them, without any library: random start (PGD), gradient of
@@ -200,10 +207,7 @@ def _textbook(cfg: AttackConfig, model: nn.Module) -> Runner | None:
         return torch.autograd.grad(loss, x_adv)[0]
 
     def into_ball(delta: Tensor) -> Tensor:
-        if linf:
-            return delta.clamp(-eps, eps)
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
-        return delta * (eps / norms).clamp(max=1.0)
+        return delta.clamp(-eps, eps) if linf else rescale_into_l2_ball(delta, eps)
 
     def run(x: Tensor, y: Tensor) -> Tensor:
         if cfg.key == "fgsm":

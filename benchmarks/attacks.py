@@ -72,6 +72,8 @@ from evasion.runtime import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_ATTACKS = ("fgsm", "pgd-linf-10", "pgd-l2-10", "apgd-ce")
+#: images in the mnist5k test split, the most one batch can take
+MAX_BATCH = 1000
 #: the issue's goals: ratio to the limit for evasion-full (gradient attacks) and evasion (DeepFool)
 GOAL_GRADIENT, GOAL_DEEPFOOL = 1.05, 1.3
 
@@ -141,9 +143,7 @@ def l2_projection_cost(model: nn.Module, x: Tensor, y: Tensor, rounds: int = 21)
     ball = BallBox(x, cfg.epsilon, "l2", torch.zeros_like(x), torch.ones_like(x))
 
     def rescale_clamp() -> Tensor:
-        d = z - x
-        n = d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        return (x + d * (cfg.epsilon / n).clamp(max=1.0)).clamp(0.0, 1.0)
+        return (x + _peers.rescale_into_l2_ball(z - x, cfg.epsilon)).clamp(0.0, 1.0)
 
     times: dict[str, list[float]] = {"exact": [], "rescale_clamp": []}
     for _ in range(rounds):
@@ -405,8 +405,49 @@ def goals(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], intro: str = "") -> list[str]:
+    """A markdown table (after an optional introductory line), followed by a blank line."""
+    out = [intro, ""] if intro else []
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _cells(
+    report: dict[str, Any],
+    libs: Sequence[str],
+    rows: dict[tuple[str, str], dict[str, Any]],
+    cell: Callable[[str, str, dict[str, Any] | None], str],
+) -> list[list[str]]:
+    """One table row per attack, one cell per library (``cell(attack, library, row or None)``)."""
+    return [
+        [CONFIGS[key].title]
+        + [
+            cell(key, lib, r if (r := rows.get((key, lib))) is not None and r.get("available") else None)
+            for lib in libs
+        ]
+        for key in report["configs"]
+    ]
+
+
+def _main_cell(key: str, lib: str, r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "= evasion" if lib == "evasion-full" and key == "deepfool" else "n/a"
+    flag = f" ({r['outside_budget']} outside eps)" if r["outside_budget"] else ""
+    return f"{r['ratio']:.2f}x / {r['images_per_s']:.0f} / {r['robust_accuracy']:.3f}{flag}"
+
+
+def _paired_cell(key: str, lib: str, r: dict[str, Any] | None) -> str:
+    if r is None or "ratio_at_points" not in r:
+        return "n/a"
+    return (
+        f"{r['ratio_at_points']:.2f}x / {_spread(r, 'paired_to_torchattacks')} / "
+        f"{_spread(r, 'paired_to_verified_torchattacks')}"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The results as a markdown table (ratio, images/s, robust accuracy per library)."""
+    """The results as markdown tables (ratio, images/s, robust accuracy per library; the paired
+    readings; the model's input dependence and the L2 projection's cost)."""
     libs = [lib for lib in LIBRARIES if any(r["library"] == lib for r in report["rows"])]
     lines = [
         "# Attack benchmark: evasion vs torchattacks, foolbox, ART",
@@ -423,48 +464,21 @@ def markdown(report: dict[str, Any]) -> str:
         "every step taken as in the peers.",
         "",
     ]
+    header = ["attack", *libs]
     for batch in sorted({r["batch"] for r in report["rows"]}):
         rows = {(r["attack"], r["library"]): r for r in report["rows"] if r["batch"] == batch}
         limit = next((r["limit_ms"] for r in rows.values() if r.get("available")), math.nan)
         fwd = next((r.get("forward_ms", math.nan) for r in rows.values() if r.get("available")), math.nan)
         lines += [f"## batch {batch} (forward+backward {limit:.1f} ms, forward {fwd:.1f} ms)", ""]
-        lines.append("| attack | " + " | ".join(libs) + " |")
-        lines.append("|---|" + "---|" * len(libs))
-        for key in report["configs"]:
-            cells = []
-            for lib in libs:
-                r = rows.get((key, lib))
-                if r is None or not r.get("available"):
-                    cells.append("= evasion" if lib == "evasion-full" and key == "deepfool" else "n/a")
-                    continue
-                flag = f" ({r['outside_budget']} outside eps)" if r["outside_budget"] else ""
-                cells.append(
-                    f"{r['ratio']:.2f}x / {r['images_per_s']:.0f} / {r['robust_accuracy']:.3f}{flag}"
-                )
-            lines.append(f"| {CONFIGS[key].title} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += _table(header, _cells(report, libs, rows, _main_cell))
         if any("ratio_at_points" in r for r in rows.values()):
-            lines += [
+            lines += _table(
+                header,
+                _cells(report, libs, rows, _paired_cell),
                 "Ratio to the limit timed at each library's own returned points / time paired with "
                 "torchattacks' in each repetition (median, min-max) / the same with torchattacks "
                 "charged the forward that checks its points (evasion's time includes it):",
-                "",
-                "| attack | " + " | ".join(libs) + " |",
-                "|---|" + "---|" * len(libs),
-            ]
-            for key in report["configs"]:
-                cells = []
-                for lib in libs:
-                    r = rows.get((key, lib))
-                    if r is None or not r.get("available") or "ratio_at_points" not in r:
-                        cells.append("n/a")
-                        continue
-                    cells.append(
-                        f"{r['ratio_at_points']:.2f}x / {_spread(r, 'paired_to_torchattacks')} / "
-                        f"{_spread(r, 'paired_to_verified_torchattacks')}"
-                    )
-                lines.append(f"| {CONFIGS[key].title} | " + " | ".join(cells) + " |")
-            lines.append("")
+            )
     norms = [
         r
         for r in report["rows"]
@@ -475,39 +489,40 @@ def markdown(report: dict[str, Any]) -> str:
         for r in norms:
             lines.append(f"- batch {r['batch']} {r['attack']} {r['library']}: {r['median_norm']:.3f}")
         lines.append("")
-    deps = report.get("input_dependence") or {}
+    deps = sorted((report.get("input_dependence") or {}).items(), key=lambda kv: int(kv[0]))
     if deps:
-        lines += [
+        lines += _table(
+            ["batch", "clean (zero pixels)", "uniform in the ball", "corners"],
+            [
+                [
+                    batch,
+                    f"{d['clean_ms']:.1f} ms ({100 * d['clean_zero_fraction']:.0f}% zeros)",
+                    f"{d['uniform_ms']:.1f} ms ({d['uniform_over_clean']:.3f}x)",
+                    f"{d['corner_ms']:.1f} ms ({d['corner_over_clean']:.3f}x)",
+                ]
+                for batch, d in deps
+            ],
             "The model's own speed depends on its input: forward+backward on the clean batch against "
             "points uniform in the L∞ 0.1 ball and at its corners (in [0, 1]), median of 7 interleaved "
             "rounds:",
-            "",
-            "| batch | clean (zero pixels) | uniform in the ball | corners |",
-            "|---|---|---|---|",
-        ]
-        for batch, d in sorted(deps.items(), key=lambda kv: int(kv[0])):
-            lines.append(
-                f"| {batch} | {d['clean_ms']:.1f} ms ({100 * d['clean_zero_fraction']:.0f}% zeros) | "
-                f"{d['uniform_ms']:.1f} ms ({d['uniform_over_clean']:.3f}x) | "
-                f"{d['corner_ms']:.1f} ms ({d['corner_over_clean']:.3f}x) |"
-            )
-        lines.append("")
-    projections = report.get("l2_projection") or {}
+        )
+    projections = sorted((report.get("l2_projection") or {}).items(), key=lambda kv: int(kv[0]))
     if projections:
-        lines += [
+        lines += _table(
+            ["batch", "exact", "rescale + clamp", "exact / forward+backward"],
+            [
+                [
+                    batch,
+                    f"{d['exact_ms']:.2f} ms",
+                    f"{d['rescale_clamp_ms']:.2f} ms",
+                    f"{100 * d['exact_over_forward_backward']:.1f}% of {d['forward_backward_ms']:.1f} ms",
+                ]
+                for batch, d in projections
+            ],
             "PGD-L2's projection: one exact L2 ball ∩ box projection (evasion, every step) against "
             "rescaling into the ball then clamping (torchattacks; not the projection onto the "
             "intersection), at a real step's point, median of 21 rounds:",
-            "",
-            "| batch | exact | rescale + clamp | exact / forward+backward |",
-            "|---|---|---|---|",
-        ]
-        for batch, d in sorted(projections.items(), key=lambda kv: int(kv[0])):
-            lines.append(
-                f"| {batch} | {d['exact_ms']:.2f} ms | {d['rescale_clamp_ms']:.2f} ms | "
-                f"{100 * d['exact_over_forward_backward']:.1f}% of {d['forward_backward_ms']:.1f} ms |"
-            )
-        lines.append("")
+        )
     lines += ["## Goals", ""] + [f"- {g}" for g in goals(report)] + [""]
     loads = [f"{a['load'][0]:.1f}" for a in report["load_average"]]
     lines += [
@@ -546,11 +561,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only time the model at clean vs perturbed inputs and the L2 projection, added to the saved attacks.json",
     )
     args = parser.parse_args(argv)
+    for name in ("threads", "repeats"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    if args.batch_sizes is not None and min(args.batch_sizes) < 1:
+        parser.error(f"--batch-sizes must be >= 1, got {min(args.batch_sizes)}")
+    if args.batch_sizes is not None and max(args.batch_sizes) > MAX_BATCH:
+        parser.error(
+            f"--batch-sizes must be <= {MAX_BATCH} (the mnist5k test split), got {max(args.batch_sizes)}"
+        )
+    if args.slow_limit <= 0:
+        parser.error(f"--slow-limit must be > 0 seconds, got {args.slow_limit}")
+    saved = args.out / "attacks.json"
+    if (args.input_dependence or args.render) and not saved.is_file():
+        parser.error(
+            f"{saved} does not exist: run the benchmark first (--render and --input-dependence read it)"
+        )
     if args.input_dependence:  # measure and add to the saved results, keep the rest
         torch.set_num_threads(args.threads)
         if not args.default_allocator:
             keep_freed_memory()
-        path = args.out / "attacks.json"
+        path = saved
         report = json.loads(path.read_text())
         for batch in args.batch_sizes or sorted({r["batch"] for r in report["rows"]}):
             model, x, y = load_data(batch)
@@ -564,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "attacks.md").write_text(markdown(report))
         return 0
     if args.render:
-        report = json.loads((args.out / "attacks.json").read_text())
+        report = json.loads(saved.read_text())
         (args.out / "attacks.md").write_text(markdown(report))
         print(markdown(report))
         return 0

@@ -92,7 +92,7 @@ def main_job() -> dict[str, float]:
     return {"wall_seconds": round(wall, 1), "peak_rss_mib": round(max(peak, before) / 1024, 1)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -106,9 +106,13 @@ def main() -> int:
         help="leave glibc's allocator as it is (default: keep freed memory)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if not 1 <= args.samples <= 1000:
+        parser.error(f"--samples must be in [1, 1000] (the mnist5k test split), got {args.samples}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     kept = False if args.default_allocator else keep_freed_memory()

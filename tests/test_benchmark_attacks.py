@@ -19,6 +19,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _peers
 import attacks as bench
+import security_curve
 from evasion.models.classifier import Classifier
 
 
@@ -104,3 +105,45 @@ def test_the_benchmark_reports_ratios_from_its_own_timings(monkeypatch: pytest.M
     assert len(lines) == 3 and all("at the returned points" in line for line in lines)
     text = bench.markdown(report)
     assert "textbook" in text and "returned points" in text and "corners" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--batch-sizes", "64", "0"], "--batch-sizes must be >= 1, got 0"),
+        (["--batch-sizes", "5000"], "--batch-sizes must be <= 1000"),
+        (["--slow-limit", "0"], "--slow-limit must be > 0 seconds"),
+        (["--render"], "does not exist: run the benchmark first"),
+        (["--input-dependence"], "does not exist: run the benchmark first"),
+    ],
+)
+def test_the_benchmark_names_bad_arguments(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*argv, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--samples", "0"], "--samples must be in [1, 1000]"),
+        (["--samples", "1001"], "--samples must be in [1, 1000]"),
+        (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    ],
+)
+def test_the_security_curve_benchmark_names_bad_arguments(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "curve.json"
+    with pytest.raises(SystemExit) as exit_info:
+        security_curve.main([*argv, "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
